@@ -1,0 +1,128 @@
+"""Label maps on disk: DAVIS-compatible palette PNGs in, palette PNGs out.
+
+A label map is a ``[H, W] uint8`` array of object ids: 0 is background,
+1..254 are objects (gaps allowed). 255 is never an object id.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dinotrack.structs import UsageError
+
+MAX_ID = 254
+
+
+def davis_palette() -> np.ndarray:
+    """The PASCAL VOC / DAVIS colour map: ``[256, 3] uint8``, id 0 black, 1 (128,0,0), ..."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    ids = np.arange(256)
+    for bit in range(8):
+        for channel in range(3):
+            palette[:, channel] |= (((ids >> channel) & 1) << (7 - bit)).astype(np.uint8)
+        ids = ids >> 3
+    return palette
+
+
+PALETTE = davis_palette()
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask PNG as object ids, ``[H, W] uint8``.
+
+    Accepted: indexed/palette PNGs (the index is the id, DAVIS-2017 style),
+    grayscale 8/16-bit (only 0 and the maximum, e.g. 0/255 → binary, id 1;
+    otherwise grey values are ids), 1-bit, and RGB(A) images whose colours are
+    those of the DAVIS palette (or grey). Anything else raises :class:`UsageError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Mask {path} does not exist. Give the path of a PNG label map.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _ids_from_image(image, path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UsageError(
+            f"Mask {path} is not a readable image ({error}). Give a PNG label map: "
+            "indexed (ids 0..254, 0 = background) or grayscale (0/255)."
+        ) from None
+
+
+def _ids_from_image(image: Image.Image, path: Path) -> np.ndarray:
+    if image.mode == "P":
+        return _checked_ids(np.asarray(image), path)
+    if image.mode == "1":
+        return np.asarray(image).astype(np.uint8)
+    if image.mode in ("RGB", "RGBA", "LA", "PA"):
+        return _ids_from_colours(image, path)
+    values = np.asarray(image)
+    if values.ndim != 2:
+        raise UsageError(f"Mask {path} has an unsupported image mode {image.mode!r}; save it as an indexed or grayscale PNG.")
+    present = np.unique(values)
+    if present.size == 2 and present[0] == 0 and present[1] == values.max() and present[1] in (255, 65535, 1):
+        return (values > 0).astype(np.uint8)
+    if present.size == 1 and present[0] in (255, 65535):
+        return np.ones(values.shape, dtype=np.uint8)
+    return _checked_ids(values, path)
+
+
+def _ids_from_colours(image: Image.Image, path: Path) -> np.ndarray:
+    rgba = np.asarray(image.convert("RGBA"))
+    rgb = rgba[..., :3]
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return _ids_from_image(Image.fromarray(rgb[..., 0]), path)
+    codes = _colour_codes(rgb)
+    palette_codes = _colour_codes(PALETTE[None])[0]
+    lookup = {int(code): index for index, code in enumerate(palette_codes) if index <= MAX_ID}
+    present = np.unique(codes)
+    unknown = [int(c) for c in present if int(c) not in lookup]
+    if unknown:
+        c = unknown[0]
+        raise UsageError(
+            f"Mask {path} is a colour image with colour {(c >> 16, (c >> 8) & 255, c & 255)} that is not in "
+            "the DAVIS palette, so its object ids cannot be read. Save it as an indexed PNG "
+            "(mode 'P') or a grayscale PNG whose values are the ids."
+        )
+    table = np.zeros(present.size, dtype=np.uint8)
+    for i, code in enumerate(present):
+        table[i] = lookup[int(code)]
+    return table[np.searchsorted(present, codes)]
+
+
+def _colour_codes(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _checked_ids(values: np.ndarray, path: Path) -> np.ndarray:
+    top = int(values.max()) if values.size else 0
+    if top > MAX_ID:
+        raise UsageError(
+            f"Mask {path} holds the value {top}, but object ids must be 0..{MAX_ID} "
+            "(0 = background). Renumber the objects, or save a binary mask as 0/255 grayscale."
+        )
+    return values.astype(np.uint8)
+
+
+def write_label_map(path: str | os.PathLike, ids: np.ndarray) -> None:
+    """Write ``[H, W] uint8`` ids as an indexed PNG with the DAVIS palette.
+
+    The file appears whole or not at all: it is written under a temporary
+    name in the same folder, then renamed.
+    """
+    path = Path(path)
+    image = Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8), mode="P")
+    image.putpalette(PALETTE.tobytes())
+    temporary = path.with_name(f".{path.name}.part")
+    image.save(temporary, format="PNG")
+    os.replace(temporary, path)
+
+
+def object_ids(ids: np.ndarray) -> list[int]:
+    """The object ids present in a label map, background excluded, ascending."""
+    return [int(v) for v in np.unique(ids) if v != 0]
