@@ -1,0 +1,456 @@
+"""Frames in and frames out: lazy readers for videos and image folders, an mp4 writer.
+
+Reading uses OpenCV (FFmpeg backend) and always hands out RGB ``[H, W, 3] uint8``.
+Frames are decoded one at a time; nothing here holds a whole video in memory.
+
+Writing encodes H.264 (yuv420p, playable in browsers) with PyAV when its
+wheel ships libx264, and falls back to OpenCV's MPEG-4 Part 2 ("mp4v").
+Encoding runs on a background thread so that the caller's loop is not held
+up by the encoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from dinotrack.structs import DinotrackError, UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+FOLDER_FPS = 24.0
+"""Frame rate given to image folders when the user names none."""
+
+SourceKind = Literal["video", "folder"]
+Codec = Literal["h264", "mp4v"]
+
+
+@dataclass
+class Frame:
+    """One decoded frame: its position in the source, its name and its pixels.
+
+    ``rgb`` is ``[H, W, 3] uint8`` RGB. ``stem`` names the outputs made from this
+    frame: the image's file stem for folders, ``"00000"``, ``"00001"``, ... for videos.
+    """
+
+    index: int
+    stem: str
+    rgb: np.ndarray
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """A video file or a folder of images, read lazily; build it with :func:`open_source`.
+
+    ``size`` is ``(H, W)`` of the first frame; every frame must have it.
+    ``frame_count`` is exact for folders and OpenCV's estimate for videos
+    (``None`` when the container does not say). ``files`` lists a folder's
+    images in frame order (empty for videos).
+
+    A video ends at the first frame OpenCV cannot decode: OpenCV does not tell
+    a damaged stream apart from its end, so a truncated file yields the frames
+    before the damage and no error. The number of frames yielded is the truth;
+    ``frame_count`` is only a hint for progress bars.
+    """
+
+    path: Path
+    kind: SourceKind
+    fps: float
+    frame_count: int | None
+    size: tuple[int, int]
+    files: tuple[Path, ...] = field(default=(), repr=False)
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def frames(self, start: int = 0) -> Iterator[Frame]:
+        """Yield frames from index ``start`` on (videos decode and skip the first ``start``)."""
+        if start < 0:
+            raise ValueError(f"start must be 0 or more (got {start}).")
+        if self.kind == "folder":
+            return self._folder_frames(start)
+        return self._video_frames(start)
+
+    def stem(self, index: int) -> str:
+        """The name of frame ``index``: its file stem (folders) or ``f"{index:05d}"`` (videos)."""
+        return self.files[index].stem if self.kind == "folder" else f"{index:05d}"
+
+    def _folder_frames(self, start: int) -> Iterator[Frame]:
+        for index in range(start, len(self.files)):
+            rgb = _read_image(self.files[index])
+            yield Frame(index, self.files[index].stem, self._checked(rgb, self.files[index].name))
+
+    def _video_frames(self, start: int) -> Iterator[Frame]:
+        capture = _open_capture(self.path)
+        try:
+            for _ in range(start):
+                if not capture.grab():
+                    return
+            index = start
+            while (rgb := _read_capture(capture)) is not None:
+                yield Frame(index, self.stem(index), self._checked(rgb, f"frame {index}"))
+                index += 1
+        finally:
+            capture.release()
+
+    def _checked(self, rgb: np.ndarray, name: str) -> np.ndarray:
+        """``rgb`` unchanged if it has the first frame's size; a :class:`DinotrackError` otherwise."""
+        if rgb.shape[:2] != self.size:
+            height, width = rgb.shape[:2]
+            raise DinotrackError(
+                f"{self.path}: {name} is {width}x{height} pixels, but the first frame is "
+                f"{self.size[1]}x{self.size[0]}. Every frame of a sequence must have the same size; "
+                "resize or remove the odd frames."
+            )
+        return rgb
+
+
+def open_source(path: str | os.PathLike, *, fps: float | None = None) -> FrameSource:
+    """Open a video file or a folder of ``.jpg``/``.jpeg``/``.png`` frames.
+
+    The first frame is read now, so an unreadable source fails here with a
+    :class:`UsageError`. ``fps``, when given, replaces the video's own rate
+    (and the default 24 of folders).
+    """
+    path = Path(path)
+    if fps is not None and not fps > 0:
+        raise UsageError(f"The frame rate must be greater than 0 (got {fps}).")
+    if not path.exists():
+        raise UsageError(
+            f"{path} does not exist. Give a video file or a folder of frames "
+            f"({', '.join(IMAGE_SUFFIXES)})."
+        )
+    if path.is_dir():
+        return _open_folder(path, fps)
+    return _open_video(path, fps)
+
+
+def _open_folder(path: Path, fps: float | None) -> FrameSource:
+    files = _image_files(path)
+    rgb = _read_image(files[0], error=UsageError)
+    return FrameSource(path, "folder", fps or FOLDER_FPS, len(files), rgb.shape[:2], tuple(files))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The folder's image files in natural name order (``2.jpg`` before ``10.jpg``); hidden files skipped."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    if not entries:
+        raise UsageError(f"Folder {folder} is empty. Give a folder that holds the frames as image files.")
+    files = sorted(
+        (entry for entry in entries if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file()),
+        key=lambda file: _natural_key(file.name),
+    )
+    if not files:
+        raise UsageError(
+            f"Folder {folder} holds no image files. Frames must be files ending in "
+            f"{', '.join(IMAGE_SUFFIXES)} (any case), one per frame, named in frame order."
+        )
+    _check_unique_stems(folder, files)
+    return files
+
+
+def _natural_key(name: str) -> list[int | str]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _check_unique_stems(folder: Path, files: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for file in files:
+        if file.stem in seen:
+            raise UsageError(
+                f"Folder {folder} holds {seen[file.stem].name} and {file.name}: two frames with the "
+                "same name would write to the same output files. Keep one of them."
+            )
+        seen[file.stem] = file
+
+
+def _read_image(file: Path, *, error: type[DinotrackError] = DinotrackError) -> np.ndarray:
+    """``[H, W, 3] uint8`` RGB pixels of an image file (grey and RGBA become 3-channel RGB)."""
+    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise error(
+            f"Cannot read the image {file}: it is damaged or not a .jpg/.png image. "
+            "Replace or remove it, then run again."
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _open_video(path: Path, fps: float | None) -> FrameSource:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(
+            f"{path} is a single image. Give a video file, or the folder that holds all the frames."
+        )
+    capture = _open_capture(path)
+    try:
+        rgb = _read_capture(capture)
+        if rgb is None:
+            raise _not_a_video(path)
+        video_fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    if not video_fps > 0:
+        video_fps = FOLDER_FPS
+    return FrameSource(path, "video", fps or video_fps, count if count > 0 else None, rgb.shape[:2])
+
+
+def _open_capture(path: Path) -> cv2.VideoCapture:
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        raise _not_a_video(path)
+    return capture
+
+
+def _not_a_video(path: Path) -> UsageError:
+    return UsageError(
+        f"Cannot decode {path} as a video: FFmpeg (through OpenCV) could not open it or read its "
+        "first frame. Give a video file such as .mp4, .mov, .avi or .webm, or a folder of "
+        f"{', '.join(IMAGE_SUFFIXES)} frames."
+    )
+
+
+def _read_capture(capture: cv2.VideoCapture) -> np.ndarray | None:
+    """The next frame as ``[H, W, 3] uint8`` RGB, or ``None`` at the end of the stream."""
+    ok, bgr = capture.read()
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
+
+
+_DONE = object()
+
+
+@dataclass
+class _Failure:
+    """An exception of the producer thread, carried to the consumer."""
+
+    error: BaseException
+
+
+def prefetch(iterable: Iterable, depth: int = 4) -> Iterator:
+    """Yield the items of ``iterable``, produced up to ``depth`` ahead on a daemon thread.
+
+    An exception raised by the producer is raised again here, after the items
+    produced before it. When the consumer stops early (``close()``, ``break`` in
+    a ``for`` loop, garbage collection), the producer stops after its current
+    item, its iterator is closed, and the thread is joined.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1 (got {depth}).")
+    return _prefetched(iter(iterable), depth)
+
+
+def _prefetched(iterator: Iterator, depth: int) -> Iterator:
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_produce, args=(iterator, items, stop), name="dinotrack-prefetch", daemon=True
+    )
+    thread.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        _drain(items)
+        thread.join()
+
+
+def _produce(iterator: Iterator, items: queue.Queue, stop: threading.Event) -> None:
+    """Put every item, then ``_DONE`` (or a ``_Failure``); return early once ``stop`` is set."""
+    try:
+        while not stop.is_set():
+            item = next(iterator, _DONE)
+            items.put(item)
+            if item is _DONE:
+                return
+    except BaseException as error:  # handed to the consumer, who raises it
+        items.put(_Failure(error))
+    finally:
+        with contextlib.suppress(Exception):
+            getattr(iterator, "close", lambda: None)()
+
+
+def _drain(items: queue.Queue) -> None:
+    """Empty ``items`` so that a producer blocked on ``put`` wakes up and sees the stop."""
+    with contextlib.suppress(queue.Empty):
+        while True:
+            items.get_nowait()
+
+
+def h264_available() -> bool:
+    """Whether PyAV is installed and its FFmpeg build has the libx264 encoder."""
+    try:
+        import av
+    except ImportError:
+        return False
+    return "libx264" in av.codec.codecs_available
+
+
+class VideoWriter:
+    """Write RGB frames to an mp4 file; encoding runs on a background thread.
+
+    ``size`` is ``(H, W)`` of the frames given to :meth:`write`. H.264 in
+    yuv420p needs even sides, so an odd height or width is padded by
+    repeating the last row or column: the file is then one pixel taller or
+    wider than the frames. ``codec`` is ``"h264"`` (PyAV/libx264, CRF 20,
+    preset "veryfast", faststart) or ``"mp4v"`` (OpenCV); ``None`` picks H.264
+    when available.
+
+    The video is written under a hidden temporary name and renamed to
+    ``path`` by :meth:`close`, so ``path`` is either absent or a complete,
+    playable file holding every frame written so far, even when :meth:`close`
+    runs early (after an interrupt, through the context manager).
+    An encoding failure is raised by the next :meth:`write` or by
+    :meth:`close` as a :class:`DinotrackError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        size: tuple[int, int],
+        *,
+        codec: Codec | None = None,
+        queue_depth: int = 8,
+    ) -> None:
+        if not fps > 0:
+            raise UsageError(f"The frame rate of {path} must be greater than 0 (got {fps}).")
+        self.path = Path(path)
+        self.size = size
+        self.codec: Codec = codec or ("h264" if h264_available() else "mp4v")
+        self.frames_written = 0
+        self._partial = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        try:
+            self._encoder = _open_encoder(self._partial, fps, _even(size), self.codec)
+        except OSError as error:
+            raise DinotrackError(
+                f"Cannot create the video file {self.path}: {error}. "
+                "Check that its folder exists and is writable."
+            ) from error
+        self._frames: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._encode_all, name="dinotrack-video-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Queue one ``[H, W, 3] uint8`` RGB frame (copied) for encoding."""
+        if self._closed:
+            raise ValueError(f"The video writer of {self.path} is closed.")
+        if rgb.shape != (*self.size, 3) or rgb.dtype != np.uint8:
+            raise ValueError(f"Expected a {(*self.size, 3)} uint8 frame, got {rgb.shape} {rgb.dtype}.")
+        self._raise_failure()
+        self._frames.put(_pad_to_even(rgb))
+
+    def close(self) -> None:
+        """Encode the queued frames, finish the file and move it to ``path``. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._frames.put(_DONE)
+        self._thread.join()
+        if self._error is None:
+            os.replace(self._partial, self.path)
+            return
+        self._partial.unlink(missing_ok=True)
+        self._raise_failure()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _encode_all(self) -> None:
+        try:
+            while (rgb := self._frames.get()) is not _DONE:
+                self._encoder.encode(rgb)
+                self.frames_written += 1
+            self._encoder.close()
+        except BaseException as error:  # reported to the caller by write() or close()
+            self._error = error
+            with contextlib.suppress(Exception):
+                self._encoder.close()
+            while self._frames.get() is not _DONE:
+                pass
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise DinotrackError(
+                f"Writing the video {self.path} failed: {self._error}. Check the free disk space "
+                "and that the folder is writable."
+            ) from self._error
+
+
+def _even(size: tuple[int, int]) -> tuple[int, int]:
+    return size[0] + size[0] % 2, size[1] + size[1] % 2
+
+
+def _pad_to_even(rgb: np.ndarray) -> np.ndarray:
+    """A copy of ``[H, W, 3]`` ``rgb`` with the last row/column repeated where H or W is odd."""
+    height, width = rgb.shape[:2]
+    return np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+class _PyAVEncoder:
+    """H.264 yuv420p in an mp4 container through PyAV; frame ``i`` gets timestamp ``i / fps``."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        import av
+
+        self._container = av.open(str(path), mode="w", options={"movflags": "+faststart"})
+        self._stream = self._container.add_stream(
+            "libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": "20", "preset": "veryfast"}
+        )
+        self._stream.height, self._stream.width = size
+        self._stream.pix_fmt = "yuv420p"
+        self._container.start_encoding()  # opens the file now, so a bad path fails here
+        self._next_pts = 0
+
+    def encode(self, rgb: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = self._next_pts
+        self._next_pts += 1
+        self._container.mux(self._stream.encode(frame))
+
+    def close(self) -> None:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+
+
+class _OpenCVEncoder:
+    """MPEG-4 Part 2 ("mp4v") through OpenCV, for installs without libx264."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        height, width = size
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not self._writer.isOpened():
+            raise OSError("OpenCV could not open an mp4v encoder for it")
+
+    def encode(self, rgb: np.ndarray) -> None:
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self._writer.release()
+
+
+def _open_encoder(path: Path, fps: float, size: tuple[int, int], codec: Codec) -> _PyAVEncoder | _OpenCVEncoder:
+    if codec == "h264" and not h264_available():
+        raise DinotrackError(
+            "H.264 video needs PyAV with the libx264 encoder, which this install lacks. "
+            "Install the 'av' wheel from PyPI, or write mp4v video instead."
+        )
+    return _PyAVEncoder(path, fps, size) if codec == "h264" else _OpenCVEncoder(path, fps, size)
