@@ -1,0 +1,430 @@
+"""Score predicted mask PNGs against DAVIS ground truth, as the DAVIS 2017 toolkit does.
+
+Layouts: ``pred`` and ``gt`` are each either one sequence's folder of PNGs
+(``00000.png`` ...) or a root holding one such folder per sequence (the DAVIS
+results layout). ``gt`` may also be a DAVIS root containing ``Annotations/480p``.
+Frames pair by file name.
+
+Ground truth: indexed (palette) PNGs whose indices are the object ids, with 255
+= void, or DAVIS-2016 grayscale masks where 0/255 means background/object 1.
+The objects of a sequence are the ids in its first ground-truth frame. Like the
+toolkit in its semi-supervised task, void pixels count as background: the
+toolkit zeroes them when it reads the annotations, so its void mask is always
+empty. The first and last frames are left out unless ``all_frames``.
+
+Scores (see :mod:`dinotrack.metrics`): per object J and F per frame with their
+Mean, Recall and Decay; every object of every sequence weighs the same in the
+global figures, and J&F-Mean = (J-Mean + F-Mean) / 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from dinotrack import metrics
+from dinotrack.masks import object_ids, read_label_map
+from dinotrack.structs import DinotrackError, UsageError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FIGURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+VOID_ID = 255
+SHOWN_NAMES = 5
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Mean, recall and decay of J and of F (each a float in [0, 1], decay in [-1, 1])."""
+
+    j_mean: float
+    j_recall: float
+    j_decay: float
+    f_mean: float
+    f_recall: float
+    f_decay: float
+
+    @property
+    def jf_mean(self) -> float:
+        return (self.j_mean + self.f_mean) / 2
+
+    @classmethod
+    def of_frames(cls, j: np.ndarray, f: np.ndarray) -> "Scores":
+        """Statistics of ``[T] float64`` per-frame J and F."""
+        return cls(*metrics.statistics(j), *metrics.statistics(f))
+
+    @classmethod
+    def average(cls, scores: Sequence["Scores"]) -> "Scores":
+        """Field-wise mean over ``scores``, each weighing the same."""
+        return cls(*(float(np.mean([getattr(s, f.name) for s in scores])) for f in fields(cls)))
+
+    def as_dict(self) -> dict[str, float]:
+        """The figures under the toolkit's column names, J&F-Mean first."""
+        values = (self.jf_mean, self.j_mean, self.j_recall, self.j_decay, self.f_mean, self.f_recall, self.f_decay)
+        return dict(zip(FIGURES, values))
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """One object of one sequence: ``j`` and ``f`` are ``[T] float64``, one per frame in ``frames``."""
+
+    sequence: str
+    object_id: int
+    frames: tuple[str, ...]
+    j: np.ndarray
+    f: np.ndarray
+    scores: Scores
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "sequence": self.sequence,
+            "object": self.object_id,
+            **self.scores.as_dict(),
+            "frames": list(self.frames),
+            "J": self.j.tolist(),
+            "F": self.f.tolist(),
+        }
+
+
+@dataclass(frozen=True)
+class SequenceSummary:
+    """Figures of one sequence: the mean over its objects of each object's figures."""
+
+    name: str
+    objects: tuple[int, ...]
+    frames: int
+    scores: Scores
+
+
+@dataclass
+class EvalReport:
+    """Results of :func:`evaluate`: one :class:`ObjectResult` per object, plus warnings."""
+
+    objects: list[ObjectResult]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def scores(self) -> Scores:
+        """Global figures, every object of every sequence weighing the same."""
+        return Scores.average([o.scores for o in self.objects])
+
+    @property
+    def sequences(self) -> list[SequenceSummary]:
+        """Per-sequence figures, in evaluation order."""
+        grouped: dict[str, list[ObjectResult]] = {}
+        for result in self.objects:
+            grouped.setdefault(result.sequence, []).append(result)
+        return [
+            SequenceSummary(
+                name, tuple(o.object_id for o in group), len(group[0].frames), Scores.average([o.scores for o in group])
+            )
+            for name, group in grouped.items()
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON contract.
+
+        Top level: the seven figures (floats) under the toolkit's names;
+        ``"sequences"``: a dict from sequence name to its seven figures plus
+        ``"objects"`` (ids) and ``"frames"`` (how many were scored);
+        ``"objects"``: a list of per-object dicts with ``"sequence"``,
+        ``"object"``, the six J/F figures, ``"frames"`` (names) and the
+        per-frame ``"J"`` and ``"F"`` lists; ``"warnings"``: a list of strings.
+        """
+        return {
+            **self.scores.as_dict(),
+            "sequences": {
+                s.name: {**s.scores.as_dict(), "objects": list(s.objects), "frames": s.frames} for s in self.sequences
+            },
+            "objects": [o.as_dict() for o in self.objects],
+            "warnings": list(self.warnings),
+        }
+
+
+def evaluate(
+    pred: str | os.PathLike,
+    gt: str | os.PathLike,
+    *,
+    all_frames: bool = False,
+    sequences: Sequence[str] | None = None,
+    binarize_predictions: bool = False,
+) -> EvalReport:
+    """Score the predicted masks in ``pred`` against the ground truth in ``gt``.
+
+    With two roots, the sequences are ``sequences`` if given, else every
+    folder of ``pred`` that holds PNGs; each must exist on both sides. With a
+    root on one side and a sequence folder on the other, the folder's name
+    picks the sequence (for a prediction folder, ``sequences[0]`` if given). ``binarize_predictions`` turns every id > 0 into object
+    1, to score multi-object predictions against single-object (DAVIS-2016)
+    ground truth. Prediction ids that are not objects of the ground truth are
+    ignored and reported in ``report.warnings``.
+
+    Raises :class:`UsageError` for missing folders or frames, empty prediction
+    folders and frames whose sizes differ.
+    """
+    pairs = _sequence_folders(Path(pred), Path(gt), sequences)
+    report = EvalReport(objects=[])
+    for name, pred_dir, gt_dir in pairs:
+        report.objects += _evaluate_sequence(
+            name, pred_dir, gt_dir, all_frames=all_frames, binarize=binarize_predictions, warnings=report.warnings
+        )
+    if not report.objects:
+        raise UsageError(
+            f"No object to score: the first ground-truth frame of every sequence in {gt} is empty. "
+            "Check that GT points at the annotations (ids > 0 mark objects)."
+        )
+    return report
+
+
+def report_rows(report: EvalReport) -> list[dict[str, object]]:
+    """One row per object for a terminal table, worst J&F-Mean first."""
+    ranked = sorted(report.objects, key=lambda o: o.scores.jf_mean)
+    return [
+        {"sequence": o.sequence, "object": o.object_id, **o.scores.as_dict(), "frames": len(o.frames)} for o in ranked
+    ]
+
+
+def write_json(report: EvalReport, path: str | os.PathLike) -> None:
+    """Write :meth:`EvalReport.to_dict` as indented JSON, atomically."""
+    _write_text(Path(path), json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def write_csv(report: EvalReport, path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the toolkit's two tables beside each other, atomically; returns both paths.
+
+    ``path`` gets the global table (one row: J&F-Mean, J-Mean, J-Recall,
+    J-Decay, F-Mean, F-Recall, F-Decay); ``<stem>_per-sequence.csv`` beside it
+    gets one row per object (Sequence, J-Mean, F-Mean), named ``<sequence>_<id>``
+    as the toolkit names them. Floats are written in full precision.
+    """
+    path = Path(path)
+    per_object = path.with_name(f"{path.stem}_per-sequence.csv")
+    global_rows = [list(FIGURES), list(report.scores.as_dict().values())]
+    object_rows = [["Sequence", "J-Mean", "F-Mean"]] + [
+        [f"{o.sequence}_{o.object_id}", o.scores.j_mean, o.scores.f_mean] for o in report.objects
+    ]
+    _write_text(path, _csv_text(global_rows))
+    _write_text(per_object, _csv_text(object_rows))
+    return path, per_object
+
+
+def write_plot(report: EvalReport, path: str | os.PathLike) -> None:
+    """Write one PNG with J and F per frame for each object (a grid of small plots), atomically."""
+    figure = _plot_figure(report)
+    _write_atomically(Path(path), lambda target: figure.savefig(target, format="png", dpi=100))
+
+
+def _evaluate_sequence(
+    name: str, pred_dir: Path, gt_dir: Path, *, all_frames: bool, binarize: bool, warnings: list[str]
+) -> list[ObjectResult]:
+    frames = _frame_names(gt_dir)
+    if not frames:
+        raise UsageError(
+            f"Ground-truth folder {gt_dir} holds no PNG masks. Point GT at the annotations of the sequences."
+        )
+    objects = object_ids(_read_ids(gt_dir / f"{frames[0]}.png", ground_truth=True))
+    scored = frames if all_frames else frames[1:-1]
+    if not scored:
+        raise UsageError(
+            f"Sequence {name} has {len(frames)} annotated frame(s): none is left once the first and last "
+            "are excluded. Evaluate every frame (all_frames=True, --all-frames) to score it."
+        )
+    _require_frames(pred_dir, scored, name)
+    gt_ids = _read_stack(gt_dir, scored, ground_truth=True)
+    pred_ids = _read_stack(pred_dir, scored, ground_truth=False)
+    _require_same_sizes(pred_dir, gt_dir, scored, pred_ids, gt_ids)
+    if binarize:
+        pred_ids = (pred_ids > 0).view(np.uint8)
+    warnings += _sequence_warnings(name, objects, pred_ids)
+    return [_score_object(name, object_id, scored, pred_ids == object_id, gt_ids == object_id) for object_id in objects]
+
+
+def _score_object(sequence: str, object_id: int, frames: list[str], pred: np.ndarray, gt: np.ndarray) -> ObjectResult:
+    j, f = metrics.jaccard(pred, gt), metrics.boundary_f(pred, gt)
+    return ObjectResult(sequence, object_id, tuple(frames), j, f, Scores.of_frames(j, f))
+
+
+def _sequence_warnings(name: str, objects: list[int], pred_ids: np.ndarray) -> list[str]:
+    warnings = []
+    if not objects:
+        warnings.append(f"Sequence {name}: its first ground-truth frame has no object, so it was not scored.")
+    elif objects != list(range(1, objects[-1] + 1)):
+        warnings.append(
+            f"Sequence {name}: object ids {_listed(objects)} are not 1..{objects[-1]}; only these were scored "
+            "(the DAVIS toolkit would also score each missing id as an empty object)."
+        )
+    known = pred_ids == 0
+    for object_id in objects:
+        known |= pred_ids == object_id
+    stray = np.unique(pred_ids[~known])
+    if stray.size:
+        warnings.append(
+            f"Sequence {name}: the predictions hold id(s) {_listed(stray.tolist())}, which are not objects of "
+            f"the ground truth (objects: {_listed(objects) or 'none'}); those pixels were ignored."
+        )
+    return warnings
+
+
+def _sequence_folders(pred: Path, gt: Path, sequences: Sequence[str] | None) -> list[tuple[str, Path, Path]]:
+    """``(name, prediction folder, ground-truth folder)`` for each sequence to score."""
+    for role, folder in (("Prediction", pred), ("Ground-truth", gt)):
+        if not folder.is_dir():
+            raise UsageError(
+                f"{role} folder {folder} does not exist. Give a folder of PNG masks or a root of such folders."
+            )
+    if (gt / "Annotations" / "480p").is_dir():
+        gt = gt / "Annotations" / "480p"
+    pred_is_sequence, gt_is_sequence = bool(_frame_names(pred)), bool(_frame_names(gt))
+    if not pred_is_sequence and not _sequence_names(pred):
+        raise UsageError(
+            f"Prediction folder {pred} holds no PNG masks, neither directly nor in sequence folders. "
+            "Give the folder the tracker wrote its masks to."
+        )
+    if pred_is_sequence and gt_is_sequence:
+        return [(gt.name, pred, gt)]
+    if pred_is_sequence:
+        name = sequences[0] if sequences else pred.name
+        return [(name, pred, _sequence_folder(gt, name, "Ground-truth"))]
+    if gt_is_sequence:
+        return [(gt.name, _sequence_folder(pred, gt.name, "Prediction"), gt)]
+    names = list(sequences) if sequences else _sequence_names(pred)
+    return [(n, _sequence_folder(pred, n, "Prediction"), _sequence_folder(gt, n, "Ground-truth")) for n in names]
+
+
+def _sequence_folder(root: Path, name: str, role: str) -> Path:
+    folder = root / name
+    if not folder.is_dir():
+        known = _sequence_names(root)
+        raise UsageError(
+            f"{role} root {root} has no sequence folder {name!r} (it has: {_listed(known) or 'none'}). "
+            "Name the sequences alike on both sides, or pass the sequence's own folders."
+        )
+    return folder
+
+
+def _sequence_names(root: Path) -> list[str]:
+    return sorted(child.name for child in root.iterdir() if child.is_dir() and _frame_names(child))
+
+
+def _frame_names(folder: Path) -> list[str]:
+    """Stems of the PNG files in ``folder``, sorted."""
+    return sorted(p.stem for p in folder.glob("*.png") if p.is_file())
+
+
+def _require_frames(pred_dir: Path, frames: list[str], sequence: str) -> None:
+    missing = [name for name in frames if not (pred_dir / f"{name}.png").is_file()]
+    if missing:
+        raise UsageError(
+            f"Sequence {sequence}: {len(missing)} of {len(frames)} frames to score have no prediction in "
+            f"{pred_dir} ({_listed([f'{m}.png' for m in missing])}). Predict every frame the ground truth "
+            "annotates, named like the ground-truth PNGs."
+        )
+
+
+def _require_same_sizes(
+    pred_dir: Path, gt_dir: Path, frames: list[str], pred_ids: np.ndarray, gt_ids: np.ndarray
+) -> None:
+    if pred_ids.shape != gt_ids.shape:
+        raise UsageError(
+            f"Prediction {pred_dir / (frames[0] + '.png')} is {_size(pred_ids)} but its ground truth "
+            f"{gt_dir / (frames[0] + '.png')} is {_size(gt_ids)}. Write masks at the frames' original size."
+        )
+
+
+def _read_stack(folder: Path, frames: list[str], *, ground_truth: bool) -> np.ndarray:
+    """Ids of the named frames, ``[T, H, W] uint8``; every frame must have the first one's size."""
+    stack = [_read_ids(folder / f"{name}.png", ground_truth=ground_truth) for name in frames]
+    for name, ids in zip(frames, stack):
+        if ids.shape != stack[0].shape:
+            raise UsageError(
+                f"Mask {folder / (name + '.png')} is {_size(ids)} but {folder / (frames[0] + '.png')} is "
+                f"{_size(stack[0])}. All masks of a sequence must have one size."
+            )
+    return np.stack(stack)
+
+
+def _read_ids(path: Path, *, ground_truth: bool) -> np.ndarray:
+    """Object ids of one mask PNG, ``[H, W] uint8``; void (255) becomes background in ground truth.
+
+    Indexed PNGs give their indices; grayscale PNGs holding only 0 and 255
+    are DAVIS-2016 binary masks (255 = object 1); other grayscale values are
+    ids. Other image modes are read by :func:`dinotrack.masks.read_label_map`.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                return read_label_map(path)
+            ids = np.asarray(image)
+            binary = image.mode == "L" and not any(image.histogram()[1:VOID_ID])
+    except OSError as error:
+        raise UsageError(f"Mask {path} is not a readable PNG ({error}). Give indexed or grayscale PNG masks.") from None
+    if binary:
+        return (ids > 0).view(np.uint8)
+    return np.where(ids == VOID_ID, 0, ids).astype(np.uint8, copy=False) if ground_truth else ids
+
+
+def _plot_figure(report: EvalReport) -> Figure:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise DinotrackError(
+            'Plotting needs matplotlib, which is not installed: pip install "dinotrack[plot]".'
+        ) from None
+    columns = min(4, len(report.objects))
+    rows = -(-len(report.objects) // columns)
+    figure = Figure(figsize=(4 * columns, 2.6 * rows), layout="constrained")
+    for index, result in enumerate(report.objects, start=1):
+        axes = figure.add_subplot(rows, columns, index)
+        axes.plot(_frame_axis(result.frames), result.j, label="J")
+        axes.plot(_frame_axis(result.frames), result.f, label="F")
+        axes.set_ylim(0, 1.05)
+        axes.set_title(f"{result.sequence} #{result.object_id}  J&F {result.scores.jf_mean:.3f}", fontsize=9)
+        axes.set_xlabel("frame", fontsize=8)
+        axes.legend(loc="lower left", fontsize=7)
+    return figure
+
+
+def _frame_axis(frames: Sequence[str]) -> list[int]:
+    """Frame numbers from names like ``00042``, else positions."""
+    return [int(n) for n in frames] if all(n.isdigit() for n in frames) else list(range(len(frames)))
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.part")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def _csv_text(rows: list[list[object]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _listed(items: Sequence[object]) -> str:
+    """Up to five items, comma-separated, then how many more."""
+    shown = ", ".join(str(item) for item in items[:SHOWN_NAMES])
+    return shown + (f" and {len(items) - SHOWN_NAMES} more" if len(items) > SHOWN_NAMES else "")
+
+
+def _size(ids: np.ndarray) -> str:
+    return f"{ids.shape[-1]}x{ids.shape[-2]}"
