@@ -1,0 +1,3 @@
+from dinotrack.cli import main
+
+main()

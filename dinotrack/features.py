@@ -1,0 +1,220 @@
+"""Dense DINOv3 features for a stream of frames, and the on-disk feature cache.
+
+ALGORITHM.md §1-2: resize so the short side is ``S`` rounded up to the patch
+size (long side keeps the aspect ratio, also rounded up), bicubic, normalise,
+run the backbone, keep the patch tokens of the last block after the final
+norm, L2-normalised. Frames go through in small batches; nothing holds more
+than one batch.
+
+Feature cache contract (``dinotrack features``): ``DIR/meta.json`` with
+``model``, ``patch_size``, ``short_side``, ``grid`` [h, w], ``frame_size``
+[H, W], ``dim``, ``frames``, ``dtype``; one ``DIR/<frame-stem>.npy`` per frame,
+``[h, w, D] float16``, L2-normalised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dinotrack.backbone import Backbone
+from dinotrack.sources import Frame
+from dinotrack.structs import DinotrackError, UsageError
+
+META_KEYS = ("model", "patch_size", "short_side", "grid", "frame_size", "dim", "frames", "dtype")
+
+
+def patch_grid(frame_size: tuple[int, int], short_side: int, patch_size: int) -> tuple[int, int]:
+    """The patch grid ``(h, w)`` a frame of ``frame_size`` (H, W) is resized to.
+
+    The short side becomes ``short_side`` rounded up to the patch size; the
+    long side keeps the aspect ratio, also rounded up.
+    """
+    if short_side <= 0:
+        raise UsageError(f"--short-side must be a positive number of pixels (got {short_side}).")
+    height, width = frame_size
+    short, long = min(height, width), max(height, width)
+    short_patches = -(-short_side // patch_size)
+    long_patches = -(-short_patches * long // short)
+    return (short_patches, long_patches) if height <= width else (long_patches, short_patches)
+
+
+def preprocess(
+    rgb: torch.Tensor, grid: tuple[int, int], patch_size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """Resize and normalise frames for the backbone.
+
+    ``rgb``: ``[B, H, W, 3] uint8`` on any device. Returns ``[B, 3, h*p, w*p]``
+    float32 on the same device (bicubic, antialiased when shrinking).
+    """
+    size = (grid[0] * patch_size, grid[1] * patch_size)
+    images = rgb.permute(0, 3, 1, 2).float()
+    if tuple(images.shape[-2:]) != size:
+        shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+        images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
+        images = images.clamp(0, 255)
+    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images - mean_t) / std_t
+
+
+class FeatureExtractor:
+    """Runs a backbone over frames in batches: ``(frame, [h, w, D] float32)`` out.
+
+    On CUDA the backbone runs under bf16 autocast; features come back as
+    float32 on ``device``, L2-normalised.
+    """
+
+    def __init__(self, backbone: Backbone, *, short_side: int, device: torch.device, batch_size: int = 1) -> None:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
+        self.backbone = backbone.to(device).eval()
+        self.short_side = short_side
+        self.device = device
+        self.batch_size = batch_size
+
+    def grid(self, frame_size: tuple[int, int]) -> tuple[int, int]:
+        return patch_grid(frame_size, self.short_side, self.backbone.patch_size)
+
+    @torch.inference_mode()
+    def extract(self, rgb: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        """Features of one frame ``[H, W, 3] uint8`` or a list of same-size frames.
+
+        Returns ``[h, w, D]`` (one frame) or ``[B, h, w, D]`` float32.
+        """
+        frames = [rgb] if isinstance(rgb, np.ndarray) else rgb
+        pixels = torch.from_numpy(np.stack(frames)).to(self.device, non_blocking=True)
+        images = preprocess(
+            pixels, self.grid(frames[0].shape[:2]), self.backbone.patch_size, self.backbone.mean, self.backbone.std
+        )
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            features = self.backbone(images)
+        features = F.normalize(features.float(), dim=-1)
+        return features[0] if isinstance(rgb, np.ndarray) else features
+
+    def __call__(self, frames: Iterable[Frame]) -> Iterator[tuple[Frame, torch.Tensor]]:
+        batch: list[Frame] = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == self.batch_size:
+                yield from zip(batch, self.extract([f.rgb for f in batch]))
+                batch = []
+        if batch:
+            yield from zip(batch, self.extract([f.rgb for f in batch]))
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """A validated feature cache folder (see the module docstring)."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.meta["grid"])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return tuple(self.meta["frame_size"])
+
+    def load(self, stem: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """One frame's features, ``[h, w, D] float32``, re-normalised."""
+        file = self.path / f"{stem}.npy"
+        if not file.is_file():
+            raise DinotrackError(
+                f"The feature cache {self.path} has no features for frame {stem!r} ({file.name}). "
+                "Re-run `dinotrack features` on the same source, or track without --features."
+            )
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise DinotrackError(f"Feature file {file} is unreadable ({error}). Re-run `dinotrack features`.") from None
+        expected = (*self.grid, self.meta["dim"])
+        if array.shape != expected:
+            raise DinotrackError(
+                f"Feature file {file} has shape {list(array.shape)}, but {self.path / 'meta.json'} "
+                f"promises {list(expected)} ([h, w, D]). The cache is inconsistent; re-run `dinotrack features`."
+            )
+        features = torch.from_numpy(array.astype(np.float32)).to(device)
+        return F.normalize(features, dim=-1)
+
+    def features(self, frames: Iterable[Frame], device: torch.device | str = "cpu") -> Iterator[tuple[Frame, torch.Tensor]]:
+        """Pair each frame with its cached features, like :class:`FeatureExtractor`."""
+        for frame in frames:
+            if tuple(frame.rgb.shape[:2]) != self.frame_size:
+                raise UsageError(
+                    f"The feature cache {self.path} was made from {self.frame_size[1]}x{self.frame_size[0]} "
+                    f"frames, but frame {frame.stem} is {frame.rgb.shape[1]}x{frame.rgb.shape[0]}. "
+                    "Use the cache made from this video, or track without --features."
+                )
+            yield frame, self.load(frame.stem, device)
+
+
+def open_feature_cache(path: str | os.PathLike) -> FeatureCache:
+    """Read and validate ``DIR/meta.json``; raises :class:`UsageError` when it breaks the contract."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise UsageError(
+            f"--features {path} is not a feature cache: it has no meta.json. "
+            "Make one with `dinotrack features SOURCE --output DIR`."
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{meta_file} is not valid JSON ({error}). Re-run `dinotrack features`.") from None
+    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise UsageError(f"{meta_file} lacks the keys {', '.join(missing)}. The contract needs: {', '.join(META_KEYS)}.")
+    if not _is_pair(meta["grid"]) or not _is_pair(meta["frame_size"]) or not isinstance(meta["dim"], int) or meta["dim"] < 1:
+        raise UsageError(
+            f"{meta_file}: grid and frame_size must be [h, w] and [H, W] of positive integers and dim a positive "
+            f"integer (got grid={meta['grid']}, frame_size={meta['frame_size']}, dim={meta['dim']})."
+        )
+    return FeatureCache(path, meta)
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)
+
+
+class FeatureCacheWriter:
+    """Writes a feature cache as frames arrive; ``meta.json`` is (re)written on close.
+
+    Each ``.npy`` appears whole (temporary name, then rename). ``meta.json``
+    is written first with ``"complete": false`` and the expected frame count,
+    and last with the frames actually written.
+    """
+
+    def __init__(self, path: Path, meta: dict) -> None:
+        self.path = path
+        self.meta = {**meta, "dtype": "float16", "complete": False}
+        self.frames_written = 0
+        path.mkdir(parents=True, exist_ok=True)
+        self._write_meta()
+
+    def write(self, stem: str, features: torch.Tensor) -> None:
+        """Store ``[h, w, D]`` features as float16."""
+        target = self.path / f"{stem}.npy"
+        temporary = self.path / f".{stem}.npy.part"
+        with open(temporary, "wb") as handle:
+            np.save(handle, features.to("cpu", torch.float16).numpy())
+        os.replace(temporary, target)
+        self.frames_written += 1
+
+    def close(self, *, complete: bool) -> None:
+        self.meta.update(frames=self.frames_written, complete=complete)
+        self._write_meta()
+
+    def _write_meta(self) -> None:
+        temporary = self.path / ".meta.json.part"
+        temporary.write_text(json.dumps(self.meta, indent=2))
+        os.replace(temporary, self.path / "meta.json")

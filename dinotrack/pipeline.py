@@ -1,0 +1,389 @@
+"""Whole jobs over files: track a video, write a feature cache, evaluate.
+
+The only module that writes results. Everything streams: frames are decoded
+in a background thread, features computed in small batches, masks and
+overlay frames written off the main thread, so memory stays flat however
+long the video is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from dinotrack import __version__
+from dinotrack.backbone import create_backbone, resolve_device
+from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
+from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
+from dinotrack.masks import read_label_map, write_label_map
+from dinotrack.render import overlay
+from dinotrack.sources import Frame, FrameSource, VideoWriter, open_source, prefetch
+from dinotrack.structs import DinotrackError, TrackConfig, UsageError
+from dinotrack.tracker import Tracker
+
+log = logging.getLogger("dinotrack")
+
+Progress = Callable[[int, "int | None"], None]
+RESULT_FILES = ("run.json", "masks", "overlay.mp4", "metrics.json", "metrics.csv", "metrics.png", "state.pt")
+
+
+@dataclass
+class RunReport:
+    """What a finished (or stopped) run did; also written to ``run.json``."""
+
+    output: Path
+    status: str
+    frames_done: int
+    frames_total: int | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: EvalReport | None = None
+
+    @property
+    def fps(self) -> float:
+        total = self.seconds.get("total", 0.0)
+        return self.frames_done / total if total > 0 else 0.0
+
+
+class _Stopwatch:
+    """Seconds spent per stage, summed over frames (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def timed(self, stage: str, iterator: Iterator) -> Iterator:
+        """Re-yield ``iterator``, charging the time spent producing each item to ``stage``."""
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.add(stage, time.perf_counter() - start)
+            yield item
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+
+class _MaskWriter:
+    """Writes label maps as palette PNGs (and overlay frames) on a worker thread.
+
+    At most ``depth`` frames wait; errors surface on the next call.
+    """
+
+    def __init__(self, masks_dir: Path, overlay_writer: VideoWriter | None, stopwatch: _Stopwatch, depth: int = 8) -> None:
+        self.masks_dir = masks_dir
+        self.overlay_writer = overlay_writer
+        self.stopwatch = stopwatch
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinotrack-writer")
+        self._pending: list[Future] = []
+
+    def submit(self, frame: Frame, ids: np.ndarray) -> None:
+        self._pending.append(self._pool.submit(self._write, frame, ids))
+        while len(self._pending) > self.depth:
+            self._pending.pop(0).result()
+
+    def _write(self, frame: Frame, ids: np.ndarray) -> None:
+        start = time.perf_counter()
+        write_label_map(self.masks_dir / f"{frame.stem}.png", ids)
+        self.stopwatch.add("write_masks", time.perf_counter() - start)
+        if self.overlay_writer is not None:
+            start = time.perf_counter()
+            self.overlay_writer.write(overlay(frame.rgb, ids))
+            self.stopwatch.add("overlay", time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Wait for every queued frame, then close the overlay video."""
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+            if self.overlay_writer is not None:
+                self.overlay_writer.close()
+
+
+def load_masks(path: Path, source: FrameSource, frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Keyframe masks by frame index from a PNG (the first frame) or a folder of PNGs named like the frames."""
+    if path.is_dir():
+        by_stem = {file.stem: file for file in sorted(path.glob("*.png"))}
+        if not by_stem:
+            raise UsageError(f"--mask {path} is a folder without PNG files. Give the first frame's mask, or a folder of PNG masks named like the frames.")
+        stems = _source_stems(source)
+        unknown = sorted(set(by_stem) - set(stems))
+        if unknown:
+            log.warning("Ignoring %d mask file(s) not named like a frame of %s: %s", len(unknown), source.path, ", ".join(unknown[:5]))
+        masks = {index: _sized_mask(by_stem[stem], frame_size) for index, stem in enumerate(stems) if stem in by_stem}
+        if 0 not in masks:
+            raise UsageError(
+                f"--mask {path} has no mask for the first frame ({stems[0]}.png). Tracking starts from the "
+                "first frame, so it needs a mask; add one named like that frame."
+            )
+        return masks
+    return {0: _sized_mask(path, frame_size)}
+
+
+def _source_stems(source: FrameSource) -> list[str]:
+    if source.kind == "folder":
+        return [file.stem for file in source.files]
+    return [source.stem(index) for index in range(source.frame_count or 0)]
+
+
+def _sized_mask(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
+    ids = read_label_map(path)
+    if ids.shape == frame_size:
+        return ids
+    height, width = frame_size
+    mask_h, mask_w = ids.shape
+    if abs(mask_w * height - mask_h * width) > max(height, width):
+        raise UsageError(
+            f"Mask {path} is {mask_w}x{mask_h}, but the frames are {width}x{height}, a different shape. "
+            "Give the mask of the first frame at the frames' size (or at least their aspect ratio)."
+        )
+    log.warning("Mask %s is %dx%d; resizing it to the frames' %dx%d (nearest neighbour).", path, mask_w, mask_h, width, height)
+    return cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def prepare_output(output: Path, *, overwrite: bool, resume: bool) -> None:
+    """Create ``output``; refuse to mix with another run's results unless told to."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    previous = [name for name in RESULT_FILES if (output / name).exists()]
+    if previous and not (overwrite or resume):
+        raise UsageError(
+            f"--output {output} already holds results of another run ({', '.join(previous)}). "
+            "Choose a new folder, pass --overwrite to replace them, or --resume to continue that run."
+        )
+    if overwrite:
+        for name in previous:
+            target = output / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    try:
+        (output / "masks").mkdir(parents=True, exist_ok=True)
+        probe = output / ".dinotrack-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise DinotrackError(f"Cannot write to --output {output} ({error.strerror}). Choose a folder you can write to.") from None
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    return {
+        "dinotrack": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def _check_frame_size(source: FrameSource, patch_size: int) -> None:
+    height, width = source.size
+    if min(height, width) < patch_size:
+        raise UsageError(
+            f"The frames of {source.path} are {width}x{height}, smaller than one {patch_size}-pixel patch. "
+            "dinotrack needs frames at least one patch wide and high."
+        )
+
+
+def track_video(
+    source: str | os.PathLike,
+    mask: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    config: TrackConfig = TrackConfig(),
+    preset: str = "default",
+    model: str = "vits16",
+    weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    features: str | os.PathLike | None = None,
+    batch_size: int = 1,
+    write_overlay: bool = True,
+    gt: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    on_progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> RunReport:
+    """Track the objects of ``mask`` through ``source``; write masks, overlay and ``run.json`` to ``output``.
+
+    ``mask``: the first frame's label map (PNG) or a folder of keyframe masks.
+    ``features``: a feature cache folder to use instead of running the backbone.
+    ``stop``: when set, the run finishes the frame in hand and ends with
+    status ``interrupted``. Returns the :class:`RunReport`.
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    frames = open_source(source)
+    torch_device = resolve_device(device)
+    cache = open_feature_cache(features) if features is not None else None
+    if gt is not None and not Path(gt).is_dir():
+        raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
+    masks = load_masks(Path(mask), frames, frames.size)
+    prepare_output(output, overwrite=overwrite, resume=False)
+
+    stopwatch = _Stopwatch()
+    run = {
+        "status": "running",
+        "frames_done": 0,
+        "frames_total": frames.frame_count,
+        "source": str(Path(source).resolve()),
+        "mask": str(Path(mask).resolve()),
+        "keyframes": sorted(masks),
+        "preset": preset,
+        "settings": {**config.as_dict(), "batch_size": batch_size, "device": str(torch_device)},
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    if cache is not None:
+        run.update(model=cache.meta["model"], weights={"source": f"features:{cache.path.resolve()}", "sha256": None})
+        _check_cache_grid(cache, config)
+        pairs = cache.features(stopwatch.timed("decode", prefetch(frames)), torch_device)
+    else:
+        start = time.perf_counter()
+        backbone = create_backbone(model, weights=weights, device=torch_device)
+        stopwatch.add("load_model", time.perf_counter() - start)
+        _check_frame_size(frames, backbone.patch_size)
+        run.update(model=model, weights={"source": backbone.weights_source, "sha256": backbone.weights_sha256})
+        extractor = FeatureExtractor(backbone, short_side=config.short_side, device=torch_device, batch_size=batch_size)
+        pairs = extractor(stopwatch.timed("decode", prefetch(frames)))
+    _write_json(output / "run.json", run)
+
+    tracker = Tracker(config)
+    overlay_writer = VideoWriter(output / "overlay.mp4", frames.fps, frames.size) if write_overlay else None
+    writer = _MaskWriter(output / "masks", overlay_writer, stopwatch)
+    report = RunReport(output, "running", 0, frames.frame_count)
+    try:
+        for frame, frame_features in stopwatch.timed("features", pairs):
+            start = time.perf_counter()
+            if frame.index in masks:
+                ids = tracker.add_mask(masks[frame.index], frame_features)
+            else:
+                ids = tracker.step(frame.rgb, frame_features)
+            stopwatch.add("propagate", time.perf_counter() - start)
+            writer.submit(frame, ids)
+            report.frames_done += 1
+            if on_progress is not None:
+                on_progress(report.frames_done, frames.frame_count)
+            if stop is not None and stop.is_set():
+                report.status = "interrupted"
+                break
+        else:
+            report.status = "complete"
+    except BaseException as error:
+        report.status = "failed"
+        run["error"] = str(error) or type(error).__name__
+        raise
+    finally:
+        try:
+            writer.close()
+        finally:
+            if overlay_writer is not None:
+                run["overlay"] = {"codec": overlay_writer.codec, "frames": overlay_writer.frames_written}
+            stopwatch.add("total", time.perf_counter() - started)
+            report.seconds = {stage: round(value, 4) for stage, value in stopwatch.seconds.items()}
+            if report.status == "complete" and gt is not None:
+                report.metrics = _evaluate_run(output, Path(gt))
+            run.update(
+                status=report.status,
+                frames_done=report.frames_done,
+                seconds=report.seconds,
+                fps=round(report.fps, 3),
+                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            )
+            _write_json(output / "run.json", run)
+    return report
+
+
+def _check_cache_grid(cache: FeatureCache, config: TrackConfig) -> None:
+    if cache.meta["short_side"] != config.short_side:
+        log.warning(
+            "The feature cache was made at --short-side %s; using it as it is (--short-side %s is ignored).",
+            cache.meta["short_side"],
+            config.short_side,
+        )
+
+
+def _evaluate_run(output: Path, gt: Path) -> EvalReport:
+    report = evaluate(output / "masks", gt)
+    write_json(report, output / "metrics.json")
+    write_csv(report, output / "metrics.csv")
+    try:
+        write_plot(report, output / "metrics.png")
+    except DinotrackError as error:
+        log.warning("%s", error)
+    return report
+
+
+def extract_features(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    model: str = "vits16",
+    weights: str | os.PathLike | None = None,
+    short_side: int = 480,
+    device: str = "auto",
+    batch_size: int = 1,
+    on_progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Write the feature cache of ``source`` to ``output`` (see :mod:`dinotrack.features`). Returns frames written."""
+    frames = open_source(source)
+    torch_device = resolve_device(device)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    backbone = create_backbone(model, weights=weights, device=torch_device)
+    _check_frame_size(frames, backbone.patch_size)
+    extractor = FeatureExtractor(backbone, short_side=short_side, device=torch_device, batch_size=batch_size)
+    meta = {
+        "model": model,
+        "patch_size": backbone.patch_size,
+        "short_side": short_side,
+        "grid": list(extractor.grid(frames.size)),
+        "frame_size": list(frames.size),
+        "dim": backbone.dim,
+        "frames": frames.frame_count,
+        "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256},
+    }
+    writer = FeatureCacheWriter(output, meta)
+    complete = False
+    try:
+        for frame, frame_features in extractor(prefetch(frames)):
+            writer.write(frame.stem, frame_features)
+            if on_progress is not None:
+                on_progress(writer.frames_written, frames.frame_count)
+            if stop is not None and stop.is_set():
+                break
+        else:
+            complete = True
+    finally:
+        writer.close(complete=complete)
+    return writer.frames_written
+

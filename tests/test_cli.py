@@ -1,0 +1,142 @@
+"""End to end through the real CLI, with a tiny random backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import SAMPLE
+from dinotrack.cli import app
+from dinotrack.masks import PALETTE, read_label_map
+from dinotrack.propagate import labels_to_probs
+from literal import probs_to_ids, propagate_literal
+
+runner = CliRunner()
+TINY = ["--model", "tiny", "--device", "cpu", "--short-side", "64"]
+
+
+def invoke(*args: object) -> object:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def frame_count(video: Path) -> int:
+    capture = cv2.VideoCapture(str(video))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    return count
+
+
+def assert_complete_run(output: Path, frames: int, size: tuple[int, int], ids: set[int]) -> None:
+    masks = sorted((output / "masks").glob("*.png"))
+    assert len(masks) == frames
+    for file in masks[:: max(1, frames // 5)]:
+        with Image.open(file) as image:
+            assert image.mode == "P" and image.size == (size[1], size[0])
+            assert np.array_equal(np.array(image.getpalette()[:30]).reshape(-1, 3), PALETTE[:10])
+            assert set(np.unique(np.asarray(image))) <= ids | {0}
+    assert frame_count(output / "overlay.mp4") == frames
+    run = json.loads((output / "run.json").read_text())
+    assert run["status"] == "complete" and run["frames_done"] == frames
+    assert {"settings", "model", "weights", "versions", "seconds", "fps"} <= set(run)
+    assert not list(output.rglob("*.part"))
+
+
+def test_track_sample_video(tiny_weights: Path, tmp_path: Path):
+    output = tmp_path / "run"
+    result = invoke("track", SAMPLE / "shapes.mp4", "--mask", SAMPLE / "shapes_mask.png", "--output", output,
+                    "--weights", tiny_weights, *TINY, "--batch-size", "4", "--gt", SAMPLE / "shapes_gt")
+    assert result.exit_code == 0, result.output
+    assert_complete_run(output, 60, (240, 426), {1, 2})
+    first = read_label_map(output / "masks" / "00000.png")
+    assert np.array_equal(first, read_label_map(SAMPLE / "shapes_mask.png"))
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert 0 <= metrics["J&F-Mean"] <= 1 and {o["object"] for o in metrics["objects"]} == {1, 2}
+    assert (output / "metrics.png").is_file() and (output / "metrics.csv").is_file()
+    run = json.loads((output / "run.json").read_text())
+    assert run["weights"]["source"].startswith("file:") and len(run["weights"]["sha256"]) == 64
+
+
+def test_track_davis_folder(tiny_weights: Path, davis: Path, tmp_path: Path):
+    frames = davis / "JPEGImages" / "480p" / "car-shadow"
+    mask = davis / "Annotations" / "480p" / "car-shadow" / "00000.png"
+    output = tmp_path / "run"
+    result = invoke("track", frames, "--mask", mask, "--output", output, "--weights", tiny_weights, *TINY)
+    assert result.exit_code == 0, result.output
+    assert_complete_run(output, 40, (480, 854), {1})
+
+
+def oracle_cache(folder: Path, gt: Path, grid: tuple[int, int], frame_size: tuple[int, int], seed: int = 0) -> None:
+    """A feature cache written by hand: per-patch label fractions of the ground truth, plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    files = sorted(gt.glob("*.png"))
+    folder.mkdir()
+    dim = 16
+    for file in files:
+        fractions = labels_to_probs(read_label_map(file), [0, 1, 2], grid, mode="area").permute(1, 2, 0)
+        features = torch.cat([fractions, 0.15 * torch.randn(*grid, dim - 3, generator=generator)], dim=-1)
+        np.save(folder / f"{file.stem}.npy", F.normalize(features, dim=-1).numpy().astype(np.float16))
+    meta = {"model": "oracle", "patch_size": 16, "short_side": 160, "grid": list(grid),
+            "frame_size": list(frame_size), "dim": dim, "frames": len(files), "dtype": "float16"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_paper_preset_with_feature_cache_equals_literal(tmp_path: Path):
+    grid, size = (10, 18), (240, 426)
+    cache = tmp_path / "cache"
+    oracle_cache(cache, SAMPLE / "shapes_gt", grid, size)
+    output = tmp_path / "run"
+    result = invoke("track", SAMPLE / "shapes.mp4", "--mask", SAMPLE / "shapes_mask.png", "--output", output,
+                    "--features", cache, "--preset", "paper", "--no-overlay")
+    assert result.exit_code == 0, result.output
+    stems = [f"{i:05d}" for i in range(60)]
+    feats = [F.normalize(torch.from_numpy(np.load(cache / f"{s}.npy").astype(np.float32)), dim=-1) for s in stems]
+    first = read_label_map(SAMPLE / "shapes_mask.png")
+    probs = labels_to_probs(first, [0, 1, 2], grid, mode="nearest")
+    ious = []
+    for stem, expected_probs in zip(stems[1:], propagate_literal(feats[0], probs, feats[1:])):
+        expected = probs_to_ids(expected_probs, [0, 1, 2], size)
+        got = read_label_map(output / "masks" / f"{stem}.png")
+        for label in (1, 2):
+            union = ((expected == label) | (got == label)).sum()
+            ious.append(((expected == label) & (got == label)).sum() / union if union else 1.0)
+    assert np.mean(ious) >= 0.995
+
+
+def test_features_then_track_from_cache_gives_the_same_masks(tiny_weights: Path, tmp_path: Path):
+    video, mask = SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png"
+    cache = tmp_path / "cache"
+    result = invoke("features", video, "--output", cache, "--weights", tiny_weights, *TINY)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["grid"] == [4, 8] and meta["frame_size"] == [240, 426] and meta["dim"] == 64 and meta["frames"] == 60
+    sample = np.load(cache / "00007.npy")
+    assert sample.dtype == np.float16 and sample.shape == (4, 8, 64)
+    assert np.allclose(np.linalg.norm(sample.astype(np.float32), axis=-1), 1, atol=1e-2)
+    direct, cached = tmp_path / "direct", tmp_path / "cached"
+    assert invoke("track", video, "--mask", mask, "--output", direct, "--weights", tiny_weights, *TINY, "--no-overlay").exit_code == 0
+    assert invoke("track", video, "--mask", mask, "--output", cached, "--features", cache, "--short-side", "64", "--no-overlay").exit_code == 0
+    agree = [np.mean(read_label_map(direct / "masks" / f.name) == read_label_map(f)) for f in sorted((cached / "masks").glob("*.png"))]
+    assert np.mean(agree) > 0.99  # float16 storage may flip a few boundary pixels
+
+
+def test_models_lists_the_family():
+    result = invoke("models")
+    assert result.exit_code == 0
+    for name in ("vits16", "vits16plus", "vitb16", "vitl16", "vith16plus", "vit7b16", "vitl16-sat", "vit7b16-sat"):
+        assert name in result.output
+
+
+def test_version_and_help():
+    assert invoke("--version").output.strip().startswith("dinotrack ")
+    result = invoke("track", "--help")
+    assert result.exit_code == 0 and "--mask" in result.output and "--preset" in result.output
