@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dinotrack import __version__
-from dinotrack.structs import DinotrackError, preset
+from dinotrack.structs import DinotrackError, UsageError, preset
 
 app = typer.Typer(
     help="Follow objects through a video: DINOv3 features + label propagation of a first-frame mask.",
@@ -146,12 +146,15 @@ def track(
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png.")] = None,
     no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output from its last frame (same options).")] = False,
     debug: Debug = False,
 ) -> None:
     """Track the objects of the first frame's mask through a video."""
     with _reported(debug):
         from dinotrack.pipeline import track_video
 
+        if overwrite and resume:
+            raise UsageError("--overwrite and --resume contradict each other: choose one.")
         config = preset(preset_name.value).replace(
             short_side=short_side, context=context, radius=radius, topk=topk, temperature=temperature
         )
@@ -159,7 +162,7 @@ def track(
             report = track_video(
                 source, mask, output, config=config, preset=preset_name.value, model=model, weights=weights,
                 device=device.value, features=features, batch_size=batch_size, write_overlay=not no_overlay,
-                gt=gt, overwrite=overwrite, on_progress=on_progress, stop=stop,
+                gt=gt, overwrite=overwrite, resume=resume, on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
         if report.status == "interrupted":

@@ -96,14 +96,15 @@ class _MaskWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinotrack-writer")
         self._pending: list[Future] = []
 
-    def submit(self, frame: Frame, ids: np.ndarray) -> None:
-        self._pending.append(self._pool.submit(self._write, frame, ids))
+    def submit(self, frame: Frame, ids: np.ndarray, *, overlay_only: bool = False) -> None:
+        self._pending.append(self._pool.submit(self._write, frame, ids, overlay_only))
         while len(self._pending) > self.depth:
             self._pending.pop(0).result()
 
-    def _write(self, frame: Frame, ids: np.ndarray) -> None:
+    def _write(self, frame: Frame, ids: np.ndarray, overlay_only: bool) -> None:
         start = time.perf_counter()
-        write_label_map(self.masks_dir / f"{frame.stem}.png", ids)
+        if not overlay_only:
+            write_label_map(self.masks_dir / f"{frame.stem}.png", ids)
         self.stopwatch.add("write_masks", time.perf_counter() - start)
         if self.overlay_writer is not None:
             start = time.perf_counter()
@@ -228,6 +229,7 @@ def track_video(
     write_overlay: bool = True,
     gt: str | os.PathLike | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> RunReport:
@@ -235,8 +237,10 @@ def track_video(
 
     ``mask``: the first frame's label map (PNG) or a folder of keyframe masks.
     ``features``: a feature cache folder to use instead of running the backbone.
-    ``stop``: when set, the run finishes the frame in hand and ends with
-    status ``interrupted``. Returns the :class:`RunReport`.
+    ``stop``: when set, the run finishes the frame in hand, saves its state
+    and ends with status ``interrupted``. ``resume``: continue such a run
+    (or a failed one) from its last written frame, with the same masks as an
+    uninterrupted run. Returns the :class:`RunReport`.
     """
     started = time.perf_counter()
     output = Path(output)
@@ -246,7 +250,11 @@ def track_video(
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
     masks = load_masks(Path(mask), frames, frames.size)
-    prepare_output(output, overwrite=overwrite, resume=False)
+    previous = _previous_run(output) if resume else None
+    if previous is not None and previous["status"] == "complete":
+        log.info("%s already holds a complete run; nothing to resume.", output)
+        return RunReport(output, "complete", previous["frames_done"], previous["frames_total"], previous.get("seconds", {}))
+    prepare_output(output, overwrite=overwrite, resume=resume)
 
     stopwatch = _Stopwatch()
     run = {
@@ -264,7 +272,9 @@ def track_video(
     if cache is not None:
         run.update(model=cache.meta["model"], weights={"source": f"features:{cache.path.resolve()}", "sha256": None})
         _check_cache_grid(cache, config)
-        pairs = cache.features(stopwatch.timed("decode", prefetch(frames)), torch_device)
+
+        def pairs_from(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
+            return cache.features(stopwatch.timed("decode", prefetch(frames.frames(index))), torch_device)
     else:
         start = time.perf_counter()
         backbone = create_backbone(model, weights=weights, device=torch_device)
@@ -272,21 +282,39 @@ def track_video(
         _check_frame_size(frames, backbone.patch_size)
         run.update(model=model, weights={"source": backbone.weights_source, "sha256": backbone.weights_sha256})
         extractor = FeatureExtractor(backbone, short_side=config.short_side, device=torch_device, batch_size=batch_size)
-        pairs = extractor(stopwatch.timed("decode", prefetch(frames)))
-    _write_json(output / "run.json", run)
+
+        def pairs_from(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
+            return extractor(stopwatch.timed("decode", prefetch(frames.frames(index))))
 
     tracker = Tracker(config)
+    done = 0
+    if previous is not None:
+        _check_same_run(previous, run, output)
+        done = _leading_masks(output / "masks", frames)
+        run["resumed_at"] = done
+    _write_json(output / "run.json", run)
+
     overlay_writer = VideoWriter(output / "overlay.mp4", frames.fps, frames.size) if write_overlay else None
     writer = _MaskWriter(output / "masks", overlay_writer, stopwatch)
-    report = RunReport(output, "running", 0, frames.frame_count)
+    report = RunReport(output, "running", done, frames.frame_count)
     try:
-        for frame, frame_features in stopwatch.timed("features", pairs):
+        resumed = _restore_state(tracker, output, done, torch_device)
+        if overlay_writer is not None and resumed:
+            for frame in frames.frames(0):
+                if frame.index >= done:
+                    break
+                writer.submit(frame, read_label_map(output / "masks" / f"{frame.stem}.png"), overlay_only=True)
+        for frame, frame_features in stopwatch.timed("features", pairs_from(done if resumed else 0)):
             start = time.perf_counter()
             if frame.index in masks:
                 ids = tracker.add_mask(masks[frame.index], frame_features)
             else:
                 ids = tracker.step(frame.rgb, frame_features)
             stopwatch.add("propagate", time.perf_counter() - start)
+            if frame.index < done:  # replaying the frames before a resume
+                if overlay_writer is not None:
+                    writer.submit(frame, read_label_map(output / "masks" / f"{frame.stem}.png"), overlay_only=True)
+                continue
             writer.submit(frame, ids)
             report.frames_done += 1
             if on_progress is not None:
@@ -304,21 +332,92 @@ def track_video(
         try:
             writer.close()
         finally:
-            if overlay_writer is not None:
-                run["overlay"] = {"codec": overlay_writer.codec, "frames": overlay_writer.frames_written}
-            stopwatch.add("total", time.perf_counter() - started)
-            report.seconds = {stage: round(value, 4) for stage, value in stopwatch.seconds.items()}
-            if report.status == "complete" and gt is not None:
-                report.metrics = _evaluate_run(output, Path(gt))
-            run.update(
-                status=report.status,
-                frames_done=report.frames_done,
-                seconds=report.seconds,
-                fps=round(report.fps, 3),
-                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            )
-            _write_json(output / "run.json", run)
+            _finish_run(run, report, output, overlay_writer, stopwatch, started, tracker, gt)
     return report
+
+
+def _finish_run(
+    run: dict,
+    report: RunReport,
+    output: Path,
+    overlay_writer: VideoWriter | None,
+    stopwatch: _Stopwatch,
+    started: float,
+    tracker: Tracker,
+    gt: str | os.PathLike | None,
+) -> None:
+    """Save the state of a stopped run, evaluate a complete one, and write ``run.json`` last."""
+    state_file = output / "state.pt"
+    if report.status == "interrupted":
+        _save_state(tracker, report.frames_done, state_file)
+    elif state_file.exists():
+        state_file.unlink()
+    if overlay_writer is not None:
+        run["overlay"] = {"codec": overlay_writer.codec, "frames": overlay_writer.frames_written}
+    stopwatch.add("total", time.perf_counter() - started)
+    report.seconds = {stage: round(value, 4) for stage, value in stopwatch.seconds.items()}
+    if report.status == "complete" and gt is not None:
+        report.metrics = _evaluate_run(output, Path(gt))
+    run.update(
+        status=report.status,
+        frames_done=report.frames_done,
+        seconds=report.seconds,
+        fps=round(report.fps, 3),
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    _write_json(output / "run.json", run)
+
+
+def _previous_run(output: Path) -> dict:
+    run_file = output / "run.json"
+    try:
+        previous = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        raise UsageError(
+            f"--resume: {output} holds no readable run.json, so there is no run to continue. "
+            "Run without --resume to start one."
+        ) from None
+    return previous
+
+
+_SAME_RUN_KEYS = ("source", "mask", "preset", "settings", "model", "weights")
+
+
+def _check_same_run(previous: dict, run: dict, output: Path) -> None:
+    """A resumed run must use the same input and settings as the run it continues."""
+    changed = [key for key in _SAME_RUN_KEYS if previous.get(key) != run.get(key)]
+    if changed:
+        details = "; ".join(f"{key}: was {previous.get(key)!r}, now {run.get(key)!r}" for key in changed)
+        raise UsageError(
+            f"--resume: the run in {output} was made with other inputs or settings ({details}). "
+            "Resume with the same options, or start again with --overwrite."
+        )
+
+
+def _leading_masks(masks_dir: Path, frames: FrameSource) -> int:
+    """How many frames, from the first on, already have their mask on disk."""
+    done = 0
+    while (frames.frame_count is None or done < frames.frame_count) and (masks_dir / f"{frames.stem(done)}.png").is_file():
+        done += 1
+    return done
+
+
+def _save_state(tracker: Tracker, frames_done: int, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.part")
+    torch.save({"frames_done": frames_done, **tracker.state_dict()}, temporary)
+    os.replace(temporary, path)
+
+
+def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.device) -> bool:
+    """Load the state an interrupted run saved after frame ``done - 1``; False means replay from frame 0."""
+    path = output / "state.pt"
+    if done == 0 or not path.is_file():
+        return False
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.pop("frames_done") != done:
+        return False
+    tracker.load_state_dict(state)
+    return True
 
 
 def _check_cache_grid(cache: FeatureCache, config: TrackConfig) -> None:

@@ -83,6 +83,23 @@ class Tracker:
             minmax=self.config.minmax,
         )
 
+    def state_dict(self) -> dict:
+        """Everything needed to continue this video later: labels and the bounded context (tensors, lists)."""
+        return {
+            "labels": list(self.labels),
+            "retired": sorted(self.retired),
+            "keyframes": [list(pair) for pair in self.propagator.keyframes],
+            "queue": [list(pair) for pair in self.propagator.queue],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (e.g. loaded with ``torch.load(..., weights_only=True)``)."""
+        self.labels = list(state["labels"])
+        self.retired = set(state["retired"])
+        self.propagator.keyframes = [tuple(pair) for pair in state["keyframes"]]
+        self.propagator.queue.clear()
+        self.propagator.queue.extend(tuple(pair) for pair in state["queue"])
+
     @torch.inference_mode()
     def track(
         self,
