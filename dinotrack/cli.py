@@ -56,6 +56,14 @@ ShortSide = Annotated[Optional[int], typer.Option("--short-side", help="Short si
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the backbone and propagation run.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Frames per backbone batch.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")]
+Context = Annotated[Optional[int], typer.Option("--context", help="Past frames kept as context (paper: 7).")]
+Radius = Annotated[Optional[float], typer.Option("--radius", help="Neighbourhood radius in patches (paper: 12).")]
+TopK = Annotated[Optional[int], typer.Option("--topk", help="Most similar context patches kept per patch (paper: 5).")]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", help="Softmax temperature (paper: 0.2).")]
+PresetOpt = Annotated[
+    Preset, typer.Option("--preset", help="'paper' = exactly the published algorithm; 'default' = dinotrack's measured improvements.")
+]
+NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4.")]
 
 
 def _version(value: bool) -> None:
@@ -108,7 +116,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 @contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, "int | None"], None]]:
+def _progress(description: str) -> Iterator[tuple[Callable[[int, "int | None"], None], Callable[[str], None]]]:
+    """A rich progress bar; yields (update(done, total), restart(description))."""
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -124,7 +133,10 @@ def _progress(description: str) -> Iterator[Callable[[int, "int | None"], None]]
             elapsed = progress.tasks[task].elapsed or 0.0
             progress.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
 
-        yield update
+        def restart(new_description: str) -> None:
+            progress.reset(task, description=new_description, total=None, fps=0.0)
+
+        yield update, restart
 
 
 @app.command()
@@ -135,16 +147,16 @@ def track(
     model: Model = "vits16",
     weights: Weights = None,
     short_side: ShortSide = None,
-    context: Annotated[Optional[int], typer.Option("--context", help="Past frames kept as context (paper: 7).")] = None,
-    radius: Annotated[Optional[float], typer.Option("--radius", help="Neighbourhood radius in patches (paper: 12).")] = None,
-    topk: Annotated[Optional[int], typer.Option("--topk", help="Most similar context patches kept per patch (paper: 5).")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Softmax temperature (paper: 0.2).")] = None,
-    preset_name: Annotated[Preset, typer.Option("--preset", help="'paper' = exactly the published algorithm; 'default' = dinotrack's measured improvements.")] = Preset.default,
+    context: Context = None,
+    radius: Radius = None,
+    topk: TopK = None,
+    temperature: Temperature = None,
+    preset_name: PresetOpt = Preset.default,
     device: DeviceOpt = Device.auto,
     features: Annotated[Optional[Path], typer.Option("--features", help="Use this feature cache (from `dinotrack features`) instead of running the backbone.")] = None,
     batch_size: BatchSize = 1,
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png.")] = None,
-    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4.")] = False,
+    no_overlay: NoOverlay = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output from its last frame (same options).")] = False,
     debug: Debug = False,
@@ -158,7 +170,7 @@ def track(
         config = preset(preset_name.value).replace(
             short_side=short_side, context=context, radius=radius, topk=topk, temperature=temperature
         )
-        with _stop_on_signals() as stop, _progress("Tracking") as on_progress:
+        with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
                 source, mask, output, config=config, preset=preset_name.value, model=model, weights=weights,
                 device=device.value, features=features, batch_size=batch_size, write_overlay=not no_overlay,
@@ -198,7 +210,7 @@ def features(
     with _reported(debug):
         from dinotrack.pipeline import extract_features
 
-        with _stop_on_signals() as stop, _progress("Features") as on_progress:
+        with _stop_on_signals() as stop, _progress("Features") as (on_progress, _):
             done = extract_features(
                 source, output, model=model, weights=weights, short_side=short_side or 480,
                 device=device.value, batch_size=batch_size, on_progress=on_progress, stop=stop,
@@ -247,6 +259,42 @@ def _print_eval_table(report: Any) -> None:
     Console().print(
         f"J&F-Mean {summary['J&F-Mean']:.4f}   J-Mean {summary['J-Mean']:.4f}   F-Mean {summary['F-Mean']:.4f}"
     )
+
+
+@app.command()
+def benchmark(
+    root: Annotated[Path, typer.Argument(help="A DAVIS-layout dataset: ROOT/JPEGImages/480p/<seq> and ROOT/Annotations/480p/<seq>.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one run per sequence and the global results.")],
+    sequences: Annotated[Optional[str], typer.Option("--sequences", help="Comma-separated sequence names (default: all).")] = None,
+    model: Model = "vits16",
+    weights: Weights = None,
+    short_side: ShortSide = None,
+    context: Context = None,
+    radius: Radius = None,
+    topk: TopK = None,
+    temperature: Temperature = None,
+    preset_name: PresetOpt = Preset.default,
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchSize = 1,
+    no_overlay: NoOverlay = False,
+    debug: Debug = False,
+) -> None:
+    """Track every sequence of a DAVIS-layout dataset and score it (resumable)."""
+    with _reported(debug):
+        from dinotrack.pipeline import benchmark_dataset
+
+        config = preset(preset_name.value).replace(
+            short_side=short_side, context=context, radius=radius, topk=topk, temperature=temperature
+        )
+        names = [name.strip() for name in sequences.split(",") if name.strip()] if sequences else None
+        with _stop_on_signals() as stop, _progress("Benchmark") as (on_progress, restart):
+            report = benchmark_dataset(
+                root, output, sequences=names, on_sequence=lambda name, i, n: restart(f"{name} ({i}/{n})"),
+                config=config, preset=preset_name.value, model=model, weights=weights, device=device.value,
+                batch_size=batch_size, write_overlay=not no_overlay, on_progress=on_progress, stop=stop,
+            )
+        _print_eval_table(report)
+        console.print(f"Wrote {output / 'global_results.csv'} and {output / 'per-sequence_results.csv'}")
 
 
 @app.command()

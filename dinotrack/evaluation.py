@@ -199,16 +199,19 @@ def write_json(report: EvalReport, path: str | os.PathLike) -> None:
     _write_text(Path(path), json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-def write_csv(report: EvalReport, path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the toolkit's two tables beside each other, atomically; returns both paths.
+def write_csv(
+    report: EvalReport, path: str | os.PathLike, *, per_sequence: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """Write the toolkit's two tables, atomically; returns both paths.
 
     ``path`` gets the global table (one row: J&F-Mean, J-Mean, J-Recall,
-    J-Decay, F-Mean, F-Recall, F-Decay); ``<stem>_per-sequence.csv`` beside it
-    gets one row per object (Sequence, J-Mean, F-Mean), named ``<sequence>_<id>``
-    as the toolkit names them. Floats are written in full precision.
+    J-Decay, F-Mean, F-Recall, F-Decay); ``per_sequence`` (default:
+    ``<stem>_per-sequence.csv`` beside it) gets one row per object
+    (Sequence, J-Mean, F-Mean), named ``<sequence>_<id>`` as the toolkit
+    names them. Floats are written in full precision.
     """
     path = Path(path)
-    per_object = path.with_name(f"{path.stem}_per-sequence.csv")
+    per_object = Path(per_sequence) if per_sequence is not None else path.with_name(f"{path.stem}_per-sequence.csv")
     global_rows = [list(FIGURES), list(report.scores.as_dict().values())]
     object_rows = [["Sequence", "J-Mean", "F-Mean"]] + [
         [f"{o.sequence}_{o.object_id}", o.scores.j_mean, o.scores.f_mean] for o in report.objects

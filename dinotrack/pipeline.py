@@ -433,10 +433,72 @@ def _evaluate_run(output: Path, gt: Path) -> EvalReport:
     report = evaluate(output / "masks", gt)
     write_json(report, output / "metrics.json")
     write_csv(report, output / "metrics.csv")
+    _write_plot_if_possible(report, output / "metrics.png")
+    return report
+
+
+def _write_plot_if_possible(report: EvalReport, path: Path) -> None:
+    """The plot needs matplotlib (an optional extra): without it, warn and go on."""
     try:
-        write_plot(report, output / "metrics.png")
+        write_plot(report, path)
     except DinotrackError as error:
         log.warning("%s", error)
+
+
+def benchmark_dataset(
+    root: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    sequences: list[str] | None = None,
+    on_sequence: Callable[[str, int, int], None] | None = None,
+    **track_options: object,
+) -> EvalReport:
+    """Track every sequence of a DAVIS-layout dataset from its first annotation, then score them all.
+
+    ``root`` holds ``JPEGImages/480p/<seq>`` and ``Annotations/480p/<seq>``.
+    Each sequence's results go to ``output/<seq>/``; a sequence whose
+    ``run.json`` says complete is not run again, an interrupted one is
+    resumed. Writes ``global_results.csv``, ``per-sequence_results.csv``,
+    ``metrics.json`` and ``metrics.png`` to ``output``. ``track_options`` go
+    to :func:`track_video`.
+    """
+    root, output = Path(root), Path(output)
+    frames_root, annotations_root = root / "JPEGImages" / "480p", root / "Annotations" / "480p"
+    for folder in (frames_root, annotations_root):
+        if not folder.is_dir():
+            raise UsageError(
+                f"{root} is not a DAVIS-layout dataset: {folder} is missing. "
+                "Give the folder that holds JPEGImages/480p/<sequence> and Annotations/480p/<sequence>."
+            )
+    names = sequences or sorted(p.name for p in frames_root.iterdir() if p.is_dir())
+    unknown = [name for name in names if not (frames_root / name).is_dir() or not (annotations_root / name).is_dir()]
+    if unknown or not names:
+        raise UsageError(
+            f"No frames or annotations for sequence(s) {', '.join(unknown) or '(none found)'} in {root}. "
+            f"Known sequences: {', '.join(sorted(p.name for p in frames_root.iterdir() if p.is_dir()))}."
+        )
+    report = EvalReport(objects=[])
+    for number, name in enumerate(names, start=1):
+        if on_sequence is not None:
+            on_sequence(name, number, len(names))
+        run_dir = output / name
+        annotations = sorted((annotations_root / name).glob("*.png"))
+        if not annotations:
+            raise UsageError(f"{annotations_root / name} holds no PNG annotation to start {name} from.")
+        run_file = run_dir / "run.json"
+        status = json.loads(run_file.read_text()).get("status") if run_file.is_file() else None
+        if status != "complete":
+            result = track_video(
+                frames_root / name, annotations[0], run_dir, resume=status is not None, **track_options
+            )
+            if result.status != "complete":
+                raise DinotrackError(f"Tracking {name} stopped ({result.status}); run the same command again to resume.")
+        sequence = evaluate(run_dir / "masks", annotations_root / name)
+        report.objects += sequence.objects
+        report.warnings += sequence.warnings
+    write_csv(report, output / "global_results.csv", per_sequence=output / "per-sequence_results.csv")
+    write_json(report, output / "metrics.json")
+    _write_plot_if_possible(report, output / "metrics.png")
     return report
 
 

@@ -140,3 +140,21 @@ def test_version_and_help():
     assert invoke("--version").output.strip().startswith("dinotrack ")
     result = invoke("track", "--help")
     assert result.exit_code == 0 and "--mask" in result.output and "--preset" in result.output
+
+
+def test_benchmark_davis_layout_is_resumable(tiny_weights: Path, davis: Path, tmp_path: Path):
+    output = tmp_path / "bench"
+    args = ["benchmark", davis, "--output", output, "--sequences", "car-shadow,blackswan", "--weights", tiny_weights,
+            *TINY, "--no-overlay"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    global_csv = (output / "global_results.csv").read_text().splitlines()
+    assert global_csv[0].startswith("J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay")
+    per_sequence = (output / "per-sequence_results.csv").read_text()
+    assert "car-shadow_1" in per_sequence and "blackswan_1" in per_sequence
+    for name, frames in (("car-shadow", 40), ("blackswan", 50)):
+        assert len(list((output / name / "masks").glob("*.png"))) == frames
+    stamp = (output / "car-shadow" / "run.json").stat().st_mtime_ns
+    again = invoke(*args)
+    assert again.exit_code == 0 and (output / "car-shadow" / "run.json").stat().st_mtime_ns == stamp
+    assert (output / "global_results.csv").read_text().splitlines() == global_csv
