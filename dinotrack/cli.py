@@ -55,6 +55,7 @@ Weights = Annotated[
 ShortSide = Annotated[Optional[int], typer.Option("--short-side", help="Short side in pixels fed to the backbone (rounded up to 16). Default 480; the paper uses 960.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the backbone and propagation run.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Frames per backbone batch.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (pays off on a GPU for long videos).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")]
 Context = Annotated[Optional[int], typer.Option("--context", help="Past frames kept as context (paper: 7).")]
 Radius = Annotated[Optional[float], typer.Option("--radius", help="Neighbourhood radius in patches (paper: 12).")]
@@ -155,6 +156,7 @@ def track(
     device: DeviceOpt = Device.auto,
     features: Annotated[Optional[Path], typer.Option("--features", help="Use this feature cache (from `dinotrack features`) instead of running the backbone.")] = None,
     batch_size: BatchSize = 1,
+    compile_model: Compile = False,
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png.")] = None,
     no_overlay: NoOverlay = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
@@ -173,7 +175,7 @@ def track(
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
                 source, mask, output, config=config, preset=preset_name.value, model=model, weights=weights,
-                device=device.value, features=features, batch_size=batch_size, write_overlay=not no_overlay,
+                device=device.value, features=features, batch_size=batch_size, compile=compile_model, write_overlay=not no_overlay,
                 gt=gt, overwrite=overwrite, resume=resume, on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
@@ -204,6 +206,7 @@ def features(
     short_side: ShortSide = None,
     device: DeviceOpt = Device.auto,
     batch_size: BatchSize = 1,
+    compile_model: Compile = False,
     debug: Debug = False,
 ) -> None:
     """Write the dense features of every frame to a cache that `track --features` reuses."""
@@ -213,7 +216,7 @@ def features(
         with _stop_on_signals() as stop, _progress("Features") as (on_progress, _):
             done = extract_features(
                 source, output, model=model, weights=weights, short_side=short_side or 480,
-                device=device.value, batch_size=batch_size, on_progress=on_progress, stop=stop,
+                device=device.value, batch_size=batch_size, compile=compile_model, on_progress=on_progress, stop=stop,
             )
         console.print(f"Wrote the features of {done} frames to {output}")
         if stop.is_set():
@@ -276,6 +279,7 @@ def benchmark(
     preset_name: PresetOpt = Preset.default,
     device: DeviceOpt = Device.auto,
     batch_size: BatchSize = 1,
+    compile_model: Compile = False,
     no_overlay: NoOverlay = False,
     debug: Debug = False,
 ) -> None:
@@ -291,7 +295,7 @@ def benchmark(
             report = benchmark_dataset(
                 root, output, sequences=names, on_sequence=lambda name, i, n: restart(f"{name} ({i}/{n})"),
                 config=config, preset=preset_name.value, model=model, weights=weights, device=device.value,
-                batch_size=batch_size, write_overlay=not no_overlay, on_progress=on_progress, stop=stop,
+                batch_size=batch_size, compile=compile_model, write_overlay=not no_overlay, on_progress=on_progress, stop=stop,
             )
         _print_eval_table(report)
         console.print(f"Wrote {output / 'global_results.csv'} and {output / 'per-sequence_results.csv'}")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from dinotrack.backbone import Backbone
 from dinotrack.sources import Frame
-from dinotrack.structs import DinotrackError, UsageError
+from dinotrack.structs import DinotrackError, UsageError, check_short_side
 
 META_KEYS = ("model", "patch_size", "short_side", "grid", "frame_size", "dim", "frames", "dtype")
 
@@ -37,8 +37,7 @@ def patch_grid(frame_size: tuple[int, int], short_side: int, patch_size: int) ->
     The short side becomes ``short_side`` rounded up to the patch size; the
     long side keeps the aspect ratio, also rounded up.
     """
-    if short_side <= 0:
-        raise UsageError(f"--short-side must be a positive number of pixels (got {short_side}).")
+    check_short_side(short_side)
     height, width = frame_size
     short, long = min(height, width), max(height, width)
     short_patches = -(-short_side // patch_size)
@@ -69,13 +68,18 @@ class FeatureExtractor:
     """Runs a backbone over frames in batches: ``(frame, [h, w, D] float32)`` out.
 
     On CUDA the backbone runs under bf16 autocast; features come back as
-    float32 on ``device``, L2-normalised.
+    float32 on ``device``, L2-normalised. ``compile`` wraps the backbone in
+    ``torch.compile`` (worth it on a GPU for long videos; the first batch is slow).
     """
 
-    def __init__(self, backbone: Backbone, *, short_side: int, device: torch.device, batch_size: int = 1) -> None:
+    def __init__(
+        self, backbone: Backbone, *, short_side: int, device: torch.device, batch_size: int = 1, compile: bool = False
+    ) -> None:
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
+        check_short_side(short_side)
         self.backbone = backbone.to(device).eval()
+        self.forward = torch.compile(self.backbone, dynamic=False) if compile else self.backbone
         self.short_side = short_side
         self.device = device
         self.batch_size = batch_size
@@ -95,7 +99,7 @@ class FeatureExtractor:
             pixels, self.grid(frames[0].shape[:2]), self.backbone.patch_size, self.backbone.mean, self.backbone.std
         )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            features = self.backbone(images)
+            features = self.forward(images)
         features = F.normalize(features.float(), dim=-1)
         return features[0] if isinstance(rgb, np.ndarray) else features
 

@@ -226,6 +226,7 @@ def track_video(
     device: str = "auto",
     features: str | os.PathLike | None = None,
     batch_size: int = 1,
+    compile: bool = False,
     write_overlay: bool = True,
     gt: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -265,7 +266,7 @@ def track_video(
         "mask": str(Path(mask).resolve()),
         "keyframes": sorted(masks),
         "preset": preset,
-        "settings": {**config.as_dict(), "batch_size": batch_size, "device": str(torch_device)},
+        "settings": {**config.as_dict(), "batch_size": batch_size, "compile": compile, "device": str(torch_device)},
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
@@ -281,7 +282,9 @@ def track_video(
         stopwatch.add("load_model", time.perf_counter() - start)
         _check_frame_size(frames, backbone.patch_size)
         run.update(model=model, weights={"source": backbone.weights_source, "sha256": backbone.weights_sha256})
-        extractor = FeatureExtractor(backbone, short_side=config.short_side, device=torch_device, batch_size=batch_size)
+        extractor = FeatureExtractor(
+            backbone, short_side=config.short_side, device=torch_device, batch_size=batch_size, compile=compile
+        )
 
         def pairs_from(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
             return extractor(stopwatch.timed("decode", prefetch(frames.frames(index))))
@@ -511,6 +514,7 @@ def extract_features(
     short_side: int = 480,
     device: str = "auto",
     batch_size: int = 1,
+    compile: bool = False,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> int:
@@ -522,7 +526,7 @@ def extract_features(
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
     backbone = create_backbone(model, weights=weights, device=torch_device)
     _check_frame_size(frames, backbone.patch_size)
-    extractor = FeatureExtractor(backbone, short_side=short_side, device=torch_device, batch_size=batch_size)
+    extractor = FeatureExtractor(backbone, short_side=short_side, device=torch_device, batch_size=batch_size, compile=compile)
     meta = {
         "model": model,
         "patch_size": backbone.patch_size,
