@@ -30,7 +30,7 @@ from dinotrack import __version__
 from dinotrack.backbone import create_backbone, resolve_device
 from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
-from dinotrack.masks import read_label_map, write_label_map
+from dinotrack.masks import object_ids, read_label_map, write_label_map
 from dinotrack.render import overlay
 from dinotrack.sources import Frame, FrameSource, VideoWriter, open_source, prefetch
 from dinotrack.structs import DinotrackError, TrackConfig, UsageError
@@ -122,24 +122,52 @@ class _MaskWriter:
                 self.overlay_writer.close()
 
 
-def load_masks(path: Path, source: FrameSource, frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """Keyframe masks by frame index from a PNG (the first frame) or a folder of PNGs named like the frames."""
-    if path.is_dir():
-        by_stem = {file.stem: file for file in sorted(path.glob("*.png"))}
-        if not by_stem:
-            raise UsageError(f"--mask {path} is a folder without PNG files. Give the first frame's mask, or a folder of PNG masks named like the frames.")
-        stems = _source_stems(source)
-        unknown = sorted(set(by_stem) - set(stems))
-        if unknown:
-            log.warning("Ignoring %d mask file(s) not named like a frame of %s: %s", len(unknown), source.path, ", ".join(unknown[:5]))
-        masks = {index: _sized_mask(by_stem[stem], frame_size) for index, stem in enumerate(stems) if stem in by_stem}
-        if 0 not in masks:
+class Keyframes:
+    """Keyframe masks by frame index, from a PNG (the first frame's) or a folder of PNGs named like the frames.
+
+    Files are read when their frame comes, except the first, which is read
+    and checked at once (it must hold an object), before any output exists.
+    """
+
+    def __init__(self, path: Path, source: FrameSource) -> None:
+        self.frame_size = source.size
+        self.files = _keyframe_files(path, source) if path.is_dir() else {0: path}
+        self._first = read_keyframe(self.files[0], self.frame_size)
+        if not object_ids(self._first):
             raise UsageError(
-                f"--mask {path} has no mask for the first frame ({stems[0]}.png). Tracking starts from the "
-                "first frame, so it needs a mask; add one named like that frame."
+                f"The first frame's mask {self.files[0]} holds no object: every pixel is background (0). "
+                "Give a mask in which each object to track has its own non-zero id."
             )
-        return masks
-    return {0: _sized_mask(path, frame_size)}
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.files
+
+    def read(self, index: int) -> np.ndarray:
+        """``[H, W] uint8`` ids of frame ``index``'s mask, at the frame size."""
+        return self._first if index == 0 else read_keyframe(self.files[index], self.frame_size)
+
+
+def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
+    by_stem = {file.stem: file for file in sorted(folder.glob("*.png"))}
+    if not by_stem:
+        raise UsageError(
+            f"--mask {folder} is a folder without PNG files. Give the first frame's mask, "
+            "or a folder of PNG masks named like the frames."
+        )
+    stems = _source_stems(source)
+    unknown = sorted(set(by_stem) - set(stems))
+    if unknown:
+        log.warning(
+            "Ignoring %d mask file(s) not named like a frame of %s: %s",
+            len(unknown), source.path, ", ".join(unknown[:5]),
+        )
+    files = {index: by_stem[stem] for index, stem in enumerate(stems) if stem in by_stem}
+    if 0 not in files:
+        raise UsageError(
+            f"--mask {folder} has no mask for the first frame ({stems[0]}.png). Tracking starts from the "
+            "first frame, so it needs a mask; add one named like that frame."
+        )
+    return files
 
 
 def _source_stems(source: FrameSource) -> list[str]:
@@ -148,7 +176,8 @@ def _source_stems(source: FrameSource) -> list[str]:
     return [source.stem(index) for index in range(source.frame_count or 0)]
 
 
-def _sized_mask(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
+def read_keyframe(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
+    """A keyframe mask as ``[H, W] uint8`` ids at the frame size (same aspect ratio: resized, with a warning)."""
     ids = read_label_map(path)
     if ids.shape == frame_size:
         return ids
@@ -250,7 +279,7 @@ def track_video(
     cache = open_feature_cache(features) if features is not None else None
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
-    masks = load_masks(Path(mask), frames, frames.size)
+    masks = Keyframes(Path(mask), frames)
     previous = _previous_run(output) if resume else None
     if previous is not None and previous["status"] == "complete":
         log.info("%s already holds a complete run; nothing to resume.", output)
@@ -264,7 +293,7 @@ def track_video(
         "frames_total": frames.frame_count,
         "source": str(Path(source).resolve()),
         "mask": str(Path(mask).resolve()),
-        "keyframes": sorted(masks),
+        "keyframes": sorted(masks.files),
         "preset": preset,
         "settings": {**config.as_dict(), "batch_size": batch_size, "compile": compile, "device": str(torch_device)},
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -310,7 +339,7 @@ def track_video(
         for frame, frame_features in stopwatch.timed("features", pairs_from(done if resumed else 0)):
             start = time.perf_counter()
             if frame.index in masks:
-                ids = tracker.add_mask(masks[frame.index], frame_features)
+                ids = tracker.add_mask(masks.read(frame.index), frame_features)
             else:
                 ids = tracker.step(frame.rgb, frame_features)
             stopwatch.add("propagate", time.perf_counter() - start)
