@@ -332,22 +332,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_file(path: Path) -> object:
     """The file's content: a safetensors file's tensors, else ``torch.load`` restricted to tensors."""
-    if _is_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    from safetensors import SafetensorError
 
-        try:
-            return load_file(str(path), device="cpu")
-        except SafetensorError as error:
-            raise _corrupt_file_error(path, error) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if _is_safetensors(path):
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        with path.open("rb") as stream:  # a stream, so torch.load does not pick a reader by the file's suffix
+            return torch.load(stream, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+        if _REFUSED_PICKLE.search(str(error)):
             raise _unsafe_pickle_error(path, error) from None
         raise _corrupt_file_error(path, error) from None
-    except (RuntimeError, EOFError, ValueError) as error:
+    except (SafetensorError, RuntimeError, EOFError, ValueError, KeyError, IndexError) as error:
         raise _corrupt_file_error(path, error) from None
+
+
+# what torch's weights-only unpickler says when it meets something that is not a tensor
+_REFUSED_PICKLE = re.compile(r"GLOBAL \S+|unrecognized function|Can only create new object")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -357,7 +360,7 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _corrupt_file_error(path: Path, error: Exception) -> UsageError:
-    reason = _first_sentence(error) or type(error).__name__
+    reason = ": ".join(filter(None, (type(error).__name__, _first_sentence(error))))
     return UsageError(
         f"{path} is truncated or corrupt and cannot be read ({reason}). Download it again "
         "and compare its size (or its sha256) with the source."
@@ -365,12 +368,13 @@ def _corrupt_file_error(path: Path, error: Exception) -> UsageError:
 
 
 def _first_sentence(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
+    """The first sentence of the error's message (of its cause, for torch's weights-only wrapper)."""
+    lines = str(error).rsplit("WeightsUnpickler error:", 1)[-1].strip().splitlines()
     return lines[0].split(". ")[0].rstrip(".") if lines else ""
 
 
 def _unsafe_pickle_error(path: Path, error: Exception) -> UsageError:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    found = re.search(r"GLOBAL (\S+)", str(error))
     content = f"a {found.group(1)} object" if found else "Python objects that are not tensors"
     return UsageError(
         f"{path} is a pickle that holds more than tensors ({content}), so torch.load with "

@@ -35,13 +35,6 @@ console = Console(stderr=True)
 INTERRUPTED = 130
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
 class Preset(str, Enum):
     default = "default"
     paper = "paper"
@@ -53,7 +46,7 @@ Weights = Annotated[
     typer.Option("--weights", help="Local checkpoint: Meta's original .pth or a timm .safetensors/.pth. Default: the timm hub weights."),
 ]
 ShortSide = Annotated[Optional[int], typer.Option("--short-side", help="Short side in pixels fed to the backbone (rounded up to 16). Default 480; the paper uses 960.")]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the backbone and propagation run.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where the backbone and propagation run: auto, cpu, cuda, cuda:N or mps.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Frames per backbone batch.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (pays off on a GPU for long videos).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")]
@@ -127,10 +120,13 @@ def _progress(description: str) -> Iterator[tuple[Callable[[int, "int | None"], 
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=None, fps=0.0)
-
+    progress = Progress(*columns, console=console, transient=False)
+    task = progress.add_task(description, total=None, fps=0.0, start=False)
+    try:
         def update(done: int, total: int | None) -> None:
+            if not progress.live.is_started:  # shown from the first frame on, not before inputs are checked
+                progress.start()
+                progress.start_task(task)
             elapsed = progress.tasks[task].elapsed or 0.0
             progress.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
 
@@ -138,6 +134,8 @@ def _progress(description: str) -> Iterator[tuple[Callable[[int, "int | None"], 
             progress.reset(task, description=new_description, total=None, fps=0.0)
 
         yield update, restart
+    finally:
+        progress.stop()
 
 
 @app.command()
@@ -153,7 +151,7 @@ def track(
     topk: TopK = None,
     temperature: Temperature = None,
     preset_name: PresetOpt = Preset.default,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
     features: Annotated[Optional[Path], typer.Option("--features", help="Use this feature cache (from `dinotrack features`) instead of running the backbone.")] = None,
     batch_size: BatchSize = 1,
     compile_model: Compile = False,
@@ -175,7 +173,7 @@ def track(
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
                 source, mask, output, config=config, preset=preset_name.value, model=model, weights=weights,
-                device=device.value, features=features, batch_size=batch_size, compile=compile_model, write_overlay=not no_overlay,
+                device=device, features=features, batch_size=batch_size, compile=compile_model, write_overlay=not no_overlay,
                 gt=gt, overwrite=overwrite, resume=resume, on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
@@ -204,7 +202,7 @@ def features(
     model: Model = "vits16",
     weights: Weights = None,
     short_side: ShortSide = None,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
     batch_size: BatchSize = 1,
     compile_model: Compile = False,
     debug: Debug = False,
@@ -215,8 +213,8 @@ def features(
 
         with _stop_on_signals() as stop, _progress("Features") as (on_progress, _):
             done = extract_features(
-                source, output, model=model, weights=weights, short_side=short_side or 480,
-                device=device.value, batch_size=batch_size, compile=compile_model, on_progress=on_progress, stop=stop,
+                source, output, model=model, weights=weights, short_side=480 if short_side is None else short_side,
+                device=device, batch_size=batch_size, compile=compile_model, on_progress=on_progress, stop=stop,
             )
         console.print(f"Wrote the features of {done} frames to {output}")
         if stop.is_set():
@@ -277,7 +275,7 @@ def benchmark(
     topk: TopK = None,
     temperature: Temperature = None,
     preset_name: PresetOpt = Preset.default,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = "auto",
     batch_size: BatchSize = 1,
     compile_model: Compile = False,
     no_overlay: NoOverlay = False,
@@ -294,7 +292,7 @@ def benchmark(
         with _stop_on_signals() as stop, _progress("Benchmark") as (on_progress, restart):
             report = benchmark_dataset(
                 root, output, sequences=names, on_sequence=lambda name, i, n: restart(f"{name} ({i}/{n})"),
-                config=config, preset=preset_name.value, model=model, weights=weights, device=device.value,
+                config=config, preset=preset_name.value, model=model, weights=weights, device=device,
                 batch_size=batch_size, compile=compile_model, write_overlay=not no_overlay, on_progress=on_progress, stop=stop,
             )
         _print_eval_table(report)

@@ -72,38 +72,42 @@ def _ids_from_image(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def _ids_from_colours(image: Image.Image, path: Path) -> np.ndarray:
+    """Ids of a colour mask: DAVIS palette colours give their index; other all-grey images are read
+    as grayscale. Fully transparent pixels are background."""
     rgba = np.asarray(image.convert("RGBA"))
-    rgb = rgba[..., :3]
+    rgb = np.where(rgba[..., 3:] == 0, np.uint8(0), rgba[..., :3])
+    colours, where = np.unique(_colour_codes(rgb), return_inverse=True)
+    slots = np.searchsorted(_SORTED_PALETTE_CODES, colours).clip(max=MAX_ID)
+    in_palette = _SORTED_PALETTE_CODES[slots] == colours
+    if in_palette.all():
+        return _PALETTE_ORDER[slots].astype(np.uint8)[where.reshape(rgb.shape[:2])]
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
         return _ids_from_image(Image.fromarray(rgb[..., 0]), path)
-    codes = _colour_codes(rgb)
-    palette_codes = _colour_codes(PALETTE[None])[0]
-    lookup = {int(code): index for index, code in enumerate(palette_codes) if index <= MAX_ID}
-    present = np.unique(codes)
-    unknown = [int(c) for c in present if int(c) not in lookup]
-    if unknown:
-        c = unknown[0]
-        raise UsageError(
-            f"Mask {path} is a colour image with colour {(c >> 16, (c >> 8) & 255, c & 255)} that is not in "
-            "the DAVIS palette, so its object ids cannot be read. Save it as an indexed PNG "
-            "(mode 'P') or a grayscale PNG whose values are the ids."
-        )
-    table = np.zeros(present.size, dtype=np.uint8)
-    for i, code in enumerate(present):
-        table[i] = lookup[int(code)]
-    return table[np.searchsorted(present, codes)]
+    code = int(colours[~in_palette][0])
+    raise UsageError(
+        f"Mask {path} is a colour image with colour {(code >> 16, (code >> 8) & 255, code & 255)} that is not in "
+        "the DAVIS palette, so its object ids cannot be read. Save it as an indexed PNG "
+        "(mode 'P') or a grayscale PNG whose values are the ids."
+    )
 
 
 def _colour_codes(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3] uint8`` colours as ``[...] int64`` codes 0xRRGGBB."""
     rgb = rgb.astype(np.int64)
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
+_PALETTE_ORDER = np.argsort(_colour_codes(PALETTE[: MAX_ID + 1]))
+"""Object ids sorted by their palette colour's code (the colours are distinct)."""
+_SORTED_PALETTE_CODES = _colour_codes(PALETTE[_PALETTE_ORDER])
+
+
 def _checked_ids(values: np.ndarray, path: Path) -> np.ndarray:
-    top = int(values.max()) if values.size else 0
-    if top > MAX_ID:
+    """``values`` as ``uint8`` ids; a :class:`UsageError` for a value outside 0..MAX_ID."""
+    bad = values[(values < 0) | (values > MAX_ID)]
+    if bad.size:
         raise UsageError(
-            f"Mask {path} holds the value {top}, but object ids must be 0..{MAX_ID} "
+            f"Mask {path} holds the value {bad.flat[0]}, but object ids must be 0..{MAX_ID} "
             "(0 = background). Renumber the objects, or save a binary mask as 0/255 grayscale."
         )
     return values.astype(np.uint8)

@@ -284,9 +284,12 @@ def track_video(
     if previous is not None and previous["status"] == "complete":
         log.info("%s already holds a complete run; nothing to resume.", output)
         return RunReport(output, "complete", previous["frames_done"], previous["frames_total"], previous.get("seconds", {}))
-    prepare_output(output, overwrite=overwrite, resume=resume)
-
     stopwatch = _Stopwatch()
+    pairs_from, provenance = _feature_stream(
+        frames, cache, model=model, weights=weights, device=torch_device, short_side=config.short_side,
+        batch_size=batch_size, compile=compile, stopwatch=stopwatch,
+    )
+    prepare_output(output, overwrite=overwrite, resume=resume)
     run = {
         "status": "running",
         "frames_done": 0,
@@ -296,28 +299,10 @@ def track_video(
         "keyframes": sorted(masks.files),
         "preset": preset,
         "settings": {**config.as_dict(), "batch_size": batch_size, "compile": compile, "device": str(torch_device)},
+        **provenance,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
-    if cache is not None:
-        run.update(model=cache.meta["model"], weights={"source": f"features:{cache.path.resolve()}", "sha256": None})
-        _check_cache_grid(cache, config)
-
-        def pairs_from(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
-            return cache.features(stopwatch.timed("decode", prefetch(frames.frames(index))), torch_device)
-    else:
-        start = time.perf_counter()
-        backbone = create_backbone(model, weights=weights, device=torch_device)
-        stopwatch.add("load_model", time.perf_counter() - start)
-        _check_frame_size(frames, backbone.patch_size)
-        run.update(model=model, weights={"source": backbone.weights_source, "sha256": backbone.weights_sha256})
-        extractor = FeatureExtractor(
-            backbone, short_side=config.short_side, device=torch_device, batch_size=batch_size, compile=compile
-        )
-
-        def pairs_from(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
-            return extractor(stopwatch.timed("decode", prefetch(frames.frames(index))))
-
     tracker = Tracker(config)
     done = 0
     if previous is not None:
@@ -366,6 +351,48 @@ def track_video(
         finally:
             _finish_run(run, report, output, overlay_writer, stopwatch, started, tracker, gt)
     return report
+
+
+def _feature_stream(
+    frames: FrameSource,
+    cache: FeatureCache | None,
+    *,
+    model: str,
+    weights: str | os.PathLike | None,
+    device: torch.device,
+    short_side: int,
+    batch_size: int,
+    compile: bool,
+    stopwatch: _Stopwatch,
+) -> tuple[Callable[[int], Iterator[tuple[Frame, torch.Tensor]]], dict]:
+    """Where features come from: the cache, or the backbone (loaded now, before any output exists).
+
+    Returns ``pairs_from(index)``, which yields ``(frame, [h, w, D] features)``
+    from frame ``index`` on, and the model and weights provenance for ``run.json``.
+    """
+    if cache is not None:
+        if cache.meta["short_side"] != short_side:
+            log.warning(
+                "The feature cache was made at --short-side %s; using it as it is (--short-side %s does not apply).",
+                cache.meta["short_side"], short_side,
+            )
+        provenance = {"model": cache.meta["model"], "weights": {"source": f"features:{cache.path.resolve()}", "sha256": None}}
+
+        def from_cache(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
+            return cache.features(stopwatch.timed("decode", prefetch(frames.frames(index))), device)
+
+        return from_cache, provenance
+    start = time.perf_counter()
+    backbone = create_backbone(model, weights=weights, device=device)
+    stopwatch.add("load_model", time.perf_counter() - start)
+    _check_frame_size(frames, backbone.patch_size)
+    extractor = FeatureExtractor(backbone, short_side=short_side, device=device, batch_size=batch_size, compile=compile)
+    provenance = {"model": model, "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256}}
+
+    def from_backbone(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
+        return extractor(stopwatch.timed("decode", prefetch(frames.frames(index))))
+
+    return from_backbone, provenance
 
 
 def _finish_run(
@@ -450,15 +477,6 @@ def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.devi
         return False
     tracker.load_state_dict(state)
     return True
-
-
-def _check_cache_grid(cache: FeatureCache, config: TrackConfig) -> None:
-    if cache.meta["short_side"] != config.short_side:
-        log.warning(
-            "The feature cache was made at --short-side %s; using it as it is (--short-side %s is ignored).",
-            cache.meta["short_side"],
-            config.short_side,
-        )
 
 
 def _evaluate_run(output: Path, gt: Path) -> EvalReport:

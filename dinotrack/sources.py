@@ -57,10 +57,10 @@ class FrameSource:
     (``None`` when the container does not say). ``files`` lists a folder's
     images in frame order (empty for videos).
 
-    A video ends at the first frame OpenCV cannot decode: OpenCV does not tell
-    a damaged stream apart from its end, so a truncated file yields the frames
-    before the damage and no error. The number of frames yielded is the truth;
-    ``frame_count`` is only a hint for progress bars.
+    A video yields the frames before the first one FFmpeg cannot decode; when
+    that happens before the end the file announces, the iteration ends with a
+    :class:`DinotrackError` that says the file is damaged. ``frame_count`` is
+    otherwise only a hint for progress bars: the frames yielded are the truth.
     """
 
     path: Path
@@ -93,15 +93,34 @@ class FrameSource:
     def _video_frames(self, start: int) -> Iterator[Frame]:
         capture = _open_capture(self.path)
         try:
-            for _ in range(start):
-                if not capture.grab():
-                    return
-            index = start
-            while (rgb := _read_capture(capture)) is not None:
+            index = 0
+            while index < start and capture.grab():
+                index += 1
+            while index >= start and (rgb := _read_capture(capture)) is not None:
                 yield Frame(index, self.stem(index), self._checked(rgb, f"frame {index}"))
                 index += 1
         finally:
             capture.release()
+        self._check_whole(index)
+
+    def _check_whole(self, frames_read: int) -> None:
+        """A :class:`DinotrackError` if the video ended after ``frames_read`` frames because it is damaged.
+
+        OpenCV ends a damaged stream as if it were the end, so an early end (fewer
+        frames than ``frame_count``) is checked by decoding the file again with PyAV,
+        which reports damage as an error. Files whose count is only an estimate, or
+        that hide frames with an edit list, decode cleanly to the same end and pass.
+        """
+        if self.frame_count is None or frames_read >= self.frame_count:
+            return
+        decodable = _decodable_frames(self.path)
+        if decodable is not None and decodable <= frames_read:
+            return
+        raise DinotrackError(
+            f"{self.path} stops decoding after {frames_read} of the {self.frame_count} frames it announces: "
+            "the rest of the file is damaged or missing (a truncated or corrupt download or copy). "
+            "Copy or download the video again, or re-encode the readable part (e.g. with ffmpeg), then run again."
+        )
 
     def _checked(self, rgb: np.ndarray, name: str) -> np.ndarray:
         """``rgb`` unchanged if it has the first frame's size; a :class:`DinotrackError` otherwise."""
@@ -214,9 +233,21 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
 def _not_a_video(path: Path) -> UsageError:
     return UsageError(
         f"Cannot decode {path} as a video: FFmpeg (through OpenCV) could not open it or read its "
-        "first frame. Give a video file such as .mp4, .mov, .avi or .webm, or a folder of "
+        "first frame, so it is not a video, or a damaged or truncated one. Give a video file such as "
+        ".mp4, .mov, .avi or .webm, or a folder of "
         f"{', '.join(IMAGE_SUFFIXES)} frames."
     )
+
+
+def _decodable_frames(path: Path) -> int | None:
+    """How many frames FFmpeg (through PyAV) decodes from ``path``; ``None`` if it meets damage."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(container.streams.video[0]))  # frame threads would hide errors
+    except (av.FFmpegError, IndexError):
+        return None
 
 
 def _read_capture(capture: cv2.VideoCapture) -> np.ndarray | None:

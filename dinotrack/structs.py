@@ -6,6 +6,7 @@ This module imports nothing from dinotrack; every other module may import it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,19 @@ class UsageError(DinotrackError):
     """A bad argument or input file given by the user (exit status 2)."""
 
     exit_code = 2
+
+
+MAX_SHORT_SIDE = 4096
+"""Largest ``--short-side`` accepted (the paper uses 960); beyond it a frame's features only exhaust memory."""
+
+
+def check_short_side(short_side: int) -> None:
+    """A :class:`UsageError` unless ``short_side`` is a number of pixels in 1..MAX_SHORT_SIDE."""
+    if not 0 < short_side <= MAX_SHORT_SIDE:
+        raise UsageError(
+            f"--short-side must be a positive number of pixels, at most {MAX_SHORT_SIDE} (got {short_side!r}). "
+            "Frames are resized so that their short side has this length; the paper uses 960."
+        )
 
 
 Neighbourhood = Literal["circle", "square"]
@@ -52,20 +66,20 @@ class TrackConfig:
     refine: Refine = "none"
 
     def __post_init__(self) -> None:
+        check_short_side(self.short_side)
         checks = [
-            (self.short_side > 0, "--short-side must be a positive number of pixels"),
-            (self.context >= 0, "--context must be 0 or more frames"),
-            (self.radius >= 0, "--radius must be 0 or more patches"),
-            (self.topk >= 1, "--topk must be at least 1"),
-            (self.temperature > 0, "--temperature must be greater than 0"),
-            (self.neighbourhood in ("circle", "square"), "neighbourhood must be 'circle' or 'square'"),
-            (self.first_mask in ("nearest", "area"), "first_mask must be 'nearest' or 'area'"),
-            (self.upsample in ("nearest", "bilinear"), "upsample must be 'nearest' or 'bilinear'"),
-            (self.refine in ("none", "guided"), "refine must be 'none' or 'guided'"),
+            ("--context", self.context, self.context >= 0, "must be 0 or more frames"),
+            ("--radius", self.radius, 0 <= self.radius < math.inf, "must be 0 or more patches, and finite"),
+            ("--topk", self.topk, self.topk >= 1, "must be at least 1"),
+            ("--temperature", self.temperature, 0 < self.temperature < math.inf, "must be greater than 0, and finite"),
+            ("neighbourhood", self.neighbourhood, self.neighbourhood in ("circle", "square"), "must be 'circle' or 'square'"),
+            ("first_mask", self.first_mask, self.first_mask in ("nearest", "area"), "must be 'nearest' or 'area'"),
+            ("upsample", self.upsample, self.upsample in ("nearest", "bilinear"), "must be 'nearest' or 'bilinear'"),
+            ("refine", self.refine, self.refine in ("none", "guided"), "must be 'none' or 'guided'"),
         ]
-        for ok, message in checks:
+        for name, value, ok, rule in checks:
             if not ok:
-                raise UsageError(f"{message} (got {self!r}).")
+                raise UsageError(f"{name} {rule} (got {value!r}).")
 
     def replace(self, **changes: object) -> "TrackConfig":
         """A copy with ``changes`` applied; ``None`` values are ignored."""
