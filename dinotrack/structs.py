@@ -43,7 +43,7 @@ def check_short_side(short_side: int) -> None:
 Neighbourhood = Literal["circle", "square"]
 FirstMask = Literal["nearest", "area"]
 Upsample = Literal["nearest", "bilinear"]
-Refine = Literal["none", "guided"]
+Refine = Literal["none", "colour"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,9 @@ class TrackConfig:
             ("neighbourhood", self.neighbourhood, self.neighbourhood in ("circle", "square"), "must be 'circle' or 'square'"),
             ("first_mask", self.first_mask, self.first_mask in ("nearest", "area"), "must be 'nearest' or 'area'"),
             ("upsample", self.upsample, self.upsample in ("nearest", "bilinear"), "must be 'nearest' or 'bilinear'"),
-            ("refine", self.refine, self.refine in ("none", "guided"), "must be 'none' or 'guided'"),
+            ("refine", self.refine, self.refine in ("none", "colour"), "must be 'none' or 'colour'"),
+            ("refine", self.refine, self.refine != "colour" or self.upsample == "bilinear",
+             "'colour' interpolates bilinearly: it needs upsample 'bilinear'"),
         ]
         for name, value, ok, rule in checks:
             if not ok:
@@ -91,7 +93,7 @@ class TrackConfig:
 
 PRESETS: dict[str, TrackConfig] = {
     "paper": TrackConfig(),
-    "default": TrackConfig(),
+    "default": TrackConfig(first_mask="area", refine="colour"),
 }
 
 

@@ -81,6 +81,8 @@ class Tracker:
             tuple(rgb.shape[:2]),
             upsample=self.config.upsample,
             minmax=self.config.minmax,
+            refine=self.config.refine,
+            guide=rgb,
         )
 
     def state_dict(self) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from checkpoints import register_tiny_backbone, write_meta_checkpoint
 
@@ -12,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_videos"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DAVIS = SHARED_DATA / "DAVIS"
+
+# The tests run tiny models, where a second intra-op thread only adds waiting
+# (badly so when other processes share the two cores): one thread keeps them fast.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -19,11 +19,11 @@ from conftest import ROOT, SAMPLE
 from dinotrack.cli import app
 from dinotrack.masks import read_label_map
 from dinotrack.pipeline import track_video
-from dinotrack.structs import TrackConfig
+from dinotrack.structs import PRESETS
 from test_cli import frame_count
 
 VIDEO, MASK = SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png"
-OPTIONS = dict(model="tiny", device="cpu", config=TrackConfig(short_side=64))
+OPTIONS = dict(model="tiny", device="cpu", config=PRESETS["default"].replace(short_side=64))
 
 
 def stop_after(frames: int) -> tuple[threading.Event, object]:
