@@ -58,13 +58,21 @@ def labels_to_probs(
 
 @dataclass(frozen=True)
 class _Window:
-    """Precomputed indexing for one grid size and neighbourhood."""
+    """Precomputed indexing for one grid size and neighbourhood.
+
+    Queries and keys are laid out row by row with a row length of ``stride``
+    (whole tiles covering ``w``, zero-filled past ``w``); keys get ``margin``
+    zero rows above and below, so every read of :func:`windowed_similarity`
+    stays inside the buffer.
+    """
 
     grid: tuple[int, int]
     tile: int
+    stride: int
+    margin: int
     rows: tuple[tuple[int, int], ...]  # (dy, half): the offsets dy, -half..half, in order
     neighbour: torch.Tensor  # [h*w, n_off] int64: flat index of each neighbour (clamped)
-    valid: torch.Tensor  # [h*w, n_off] bool: the neighbour lies inside the grid
+    outside: torch.Tensor  # [h*stride, n_off] bool: padding query, or neighbour outside the grid
 
 
 def _build_window(grid: tuple[int, int], offsets: torch.Tensor, tile: int, device: torch.device) -> _Window:
@@ -73,49 +81,64 @@ def _build_window(grid: tuple[int, int], offsets: torch.Tensor, tile: int, devic
         (int(dy), int(offsets[offsets[:, 0] == dy, 1].max()))
         for dy in torch.unique_consecutive(offsets[:, 0])
     )
+    reach = max(max(abs(dy), half) for dy, half in rows)
+    stride = -(-w // tile) * tile
+    margin = reach + -(-reach // stride)
     qy, qx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ny = qy.reshape(-1, 1) + offsets[:, 0]
     nx = qx.reshape(-1, 1) + offsets[:, 1]
     valid = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
     neighbour = ny.clamp(0, h - 1) * w + nx.clamp(0, w - 1)
-    return _Window(grid, tile, rows, neighbour.to(device), valid.to(device))
+    outside = torch.ones(h, stride, len(offsets), dtype=torch.bool)
+    outside[:, :w] = ~valid.reshape(h, w, -1)
+    return _Window(grid, tile, stride, margin, rows, neighbour.to(device), outside.reshape(h * stride, -1).to(device))
 
 
-def windowed_similarity(query: torch.Tensor, key: torch.Tensor, window: _Window) -> torch.Tensor:
+def lay_out_query(query: torch.Tensor, window: _Window) -> torch.Tensor:
+    """``[h, w, D]`` -> ``[h * stride / tile, tile, D]``: runs of ``tile`` queries along rows."""
+    h, w, dim = query.shape
+    padded = query.new_zeros(h, window.stride, dim)
+    padded[:, :w] = query
+    return padded.reshape(-1, window.tile, dim)
+
+
+def lay_out_key(key: torch.Tensor, window: _Window) -> torch.Tensor:
+    """``[h, w, D]`` -> ``[(h + 2 * margin) * stride, D]``: rows of ``stride`` patches, zero-padded."""
+    h, w, dim = key.shape
+    padded = key.new_zeros(h + 2 * window.margin, window.stride, dim)
+    padded[window.margin : window.margin + h, :w] = key
+    return padded.reshape(-1, dim)
+
+
+def windowed_similarity(query_runs: torch.Tensor, key_rows: torch.Tensor, window: _Window) -> torch.Tensor:
     """Similarity of each query patch with its neighbourhood in one context frame.
 
-    ``query``, ``key``: ``[h, w, D]`` float. Returns ``[h*w, n_off]`` float,
-    offsets in :func:`neighbourhood_offsets` order, ``-inf`` where the
-    neighbour falls outside the grid.
+    ``query_runs`` and ``key_rows`` come from :func:`lay_out_query` and
+    :func:`lay_out_key`. Returns ``[h*stride, n_off]`` float: row ``y*stride + x``
+    holds query ``(y, x)``'s similarities in :func:`neighbourhood_offsets` order,
+    ``-inf`` where the neighbour falls outside the grid; rows with ``x >= w``
+    are padding (all ``-inf``).
 
-    For each row offset ``dy``, runs of ``tile`` queries along a row are
-    multiplied with the run of key patches they can reach (``tile + 2*half``
-    wide). The key runs are strided views of one padded copy of ``key``: its
-    row stride is a whole number of tiles, so every run of every row is one
-    fixed stride apart and a single batched matmul covers the frame without
-    copying. Reads that spill past a row's end land on patches outside the
-    grid, which are masked.
+    For each row offset ``dy``, every run of ``tile`` queries is multiplied with
+    the run of key patches it can reach (``tile + 2*half`` wide). Since the row
+    length is a whole number of tiles, the key runs of all queries are one fixed
+    stride apart in ``key_rows``: one strided view, one batched matmul, no copy.
+    Reads that spill past a row's end land on padding or on patches of the
+    next row; both fall outside the neighbourhood and are masked.
     """
-    h, w, dim = query.shape
-    t = window.tile
-    reach = max(max(abs(dy), half) for dy, half in window.rows)
-    runs = -(-(w + reach) // t)
-    stride = runs * t
-    padded_key = key.new_zeros(h + 2 * reach + 1, stride, dim)
-    padded_key[reach : reach + h, reach : reach + w] = key
-    padded_query = query.new_zeros(h, stride, dim)
-    padded_query[:, :w] = query
-    query_runs = padded_query.reshape(h * runs, t, dim)
-    parts = []
+    t, stride, dim = window.tile, window.stride, key_rows.shape[1]
+    runs = query_runs.shape[0]
+    sim = key_rows.new_empty(runs * t, window.outside.shape[1])
+    column = 0
     for dy, half in window.rows:
-        width = t + 2 * half
-        start = padded_key[reach + dy :, reach - half :]
-        key_runs = start.as_strided((h * runs, width, dim), (t * dim, dim, 1), start.storage_offset())
-        products = torch.bmm(query_runs, key_runs.transpose(1, 2))  # [h*runs, t, width]
-        diagonal = products.as_strided((h * runs, t, 2 * half + 1), (t * width, width + 1, 1))
-        parts.append(diagonal.reshape(h, stride, 2 * half + 1)[:, :w])
-    sim = torch.cat(parts, dim=2).reshape(h * w, -1)
-    return sim.masked_fill(~window.valid, float("-inf"))
+        width, span = t + 2 * half, 2 * half + 1
+        offset = key_rows.storage_offset() + ((window.margin + dy) * stride - half) * dim
+        key_runs = key_rows.as_strided((runs, width, dim), (t * dim, dim, 1), offset)
+        products = torch.bmm(query_runs, key_runs.transpose(1, 2))  # [runs, t, width]
+        diagonal = products.as_strided((runs, t, span), (t * width, width + 1, 1))
+        sim.view(runs, t, -1)[:, :, column : column + span] = diagonal
+        column += span
+    return sim.masked_fill_(window.outside, float("-inf"))
 
 
 class LabelPropagator:
@@ -143,6 +166,7 @@ class LabelPropagator:
         self.keyframes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.queue: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=context)
         self._window: _Window | None = None
+        self._key_cache: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, lay_out_key)
 
     @property
     def num_labels(self) -> int:
@@ -193,18 +217,19 @@ class LabelPropagator:
         h, w, _ = features.shape
         window = self._window_for((h, w), features.device)
         context = [*self.keyframes, *self.queue]
+        query_runs = lay_out_query(features, window)
+        n_off = window.neighbour.shape[1]
+        k = min(self.topk, n_off)
         values, slots = [], []
-        k = min(self.topk, window.neighbour.shape[1])
-        for frame_number, (key, _) in enumerate(context):
-            sim = windowed_similarity(features, key.to(features.dtype), window)
-            top = sim.topk(k, dim=1)
+        for frame_number, key_rows in enumerate(self._key_layouts(context, window, features.dtype)):
+            top = windowed_similarity(query_runs, key_rows, window).topk(k, dim=1)
             values.append(top.values)
-            slots.append(top.indices + frame_number * window.neighbour.shape[1])
+            slots.append(top.indices + frame_number * n_off)
         values, slots = torch.cat(values, 1), torch.cat(slots, 1)
         top = values.topk(min(self.topk, values.shape[1]), dim=1)
-        slots = slots.gather(1, top.indices)  # [h*w, k] over (frame, offset)
-        weights = torch.softmax(top.values.float() / self.temperature, dim=1)
-        n_off = window.neighbour.shape[1]
+        slots = slots.gather(1, top.indices)  # [h*stride, k] over (frame, offset)
+        top_values, slots = (x.view(h, window.stride, -1)[:, :w].reshape(h * w, -1) for x in (top.values, slots))
+        weights = torch.softmax(top_values.float() / self.temperature, dim=1)
         frame_of, offset_of = slots // n_off, slots % n_off
         patch = window.neighbour.gather(1, offset_of)
         context_probs = torch.stack([p.flatten(1).T for _, p in context])  # [n_ctx, h*w, M]
@@ -213,7 +238,22 @@ class LabelPropagator:
         probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
         return probs.T.reshape(-1, h, w)
 
+    def _key_layouts(
+        self, context: list[tuple[torch.Tensor, torch.Tensor]], window: _Window, dtype: torch.dtype
+    ) -> list[torch.Tensor]:
+        """:func:`lay_out_key` of each context frame's features, each made once while in context."""
+        cached = {id(features): (features, rows) for features, rows in self._key_cache}
+        layouts = []
+        for features, _ in context:
+            source, rows = cached.get(id(features), (None, None))
+            if source is not features or rows.dtype != dtype:  # identity, not just id(): ids are reused
+                rows = lay_out_key(features.to(dtype), window)
+            layouts.append(rows)
+        self._key_cache = [(features, rows) for (features, _), rows in zip(context, layouts)]
+        return layouts
+
     def _window_for(self, grid: tuple[int, int], device: torch.device) -> _Window:
         if self._window is None or self._window.grid != grid or self._window.neighbour.device != device:
             self._window = _build_window(grid, self.offsets, self.tile, device)
+            self._key_cache = []
         return self._window

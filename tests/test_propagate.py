@@ -41,12 +41,14 @@ def run_fast(first, probs, rest, **settings):
         (5, 7, dict(radius=0.0, context=2, topk=2)),
         (17, 11, dict(radius=4.0, topk=10, temperature=0.05, context=4)),
         (3, 40, dict(radius=30.0, neighbourhood="square", context=1)),
+        (9, 13, dict(radius=30.0, neighbourhood="square", context=2, tile=4)),  # reach beyond the grid
+        (6, 21, dict(radius=5.0, tile=3)),  # row length not a whole number of tiles
     ],
 )
 def test_windowed_propagation_equals_literal(h, w, settings):
     features = drifting_features(h, w, 16, 10)
     probs = torch.softmax(3 * torch.randn(3, h, w, generator=torch.Generator().manual_seed(1)), 0)
-    literal_settings = {"shape" if k == "neighbourhood" else k: v for k, v in settings.items()}
+    literal_settings = {"shape" if k == "neighbourhood" else k: v for k, v in settings.items() if k != "tile"}
     expected = list(propagate_literal(features[0], probs, features[1:], **literal_settings))
     got = run_fast(features[0], probs, features[1:], **settings)
     for e, g in zip(expected, got):
