@@ -8,6 +8,7 @@ and a non-zero exit status; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +25,12 @@ from rich.table import Table
 
 from dinotrack import __version__
 from dinotrack.structs import DinotrackError, UsageError, preset
+
+# Idle OpenMP workers (PyTorch's CPU threads) spin for a long while before they
+# sleep. dinotrack runs decoding, writing and propagation beside the backbone, so
+# spinning workers would take the cores those need; told to sleep sooner, they
+# leave them free (none of the imports above loads torch; a value the user set wins).
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 app = typer.Typer(
     help="Follow objects through a video: DINOv3 features + label propagation of a first-frame mask.",

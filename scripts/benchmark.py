@@ -4,9 +4,10 @@ Prints the machine, then one table per short side ``S``: milliseconds per frame
 of decoding, the backbone, label propagation (dinotrack's windowed propagation
 and the literal full-matrix reference of tests/literal.py, on the same
 features, with the context queue full), upsample + argmax, PNG writing and the
-overlay; then frames/s of ``track_video`` on a looped clip in a fresh process
-(start-up included) against the bare backbone forward passes on the same
-frames; and last, peak RSS of ``track_video`` on a long and a short video.
+overlay; then frames/s of ``dinotrack track`` on a looped clip, run as a user
+runs it (a fresh process, start-up included, ``--preset`` as given), against the
+bare backbone forward passes on the same frames; and last, peak RSS of
+``dinotrack track`` on a long and a short video.
 
 Frames are the DAVIS sequences of ``../shared/data`` (854x480) played one after
 another and looped, or the sample clip upscaled to 854x480 where that folder is
@@ -29,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # dinotrack from this checkout; the literal reference
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it, for a like-for-like bare backbone
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -192,22 +193,6 @@ def ms(seconds: float) -> str:
 
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size in MiB (VmHWM on Linux, ru_maxrss elsewhere)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -461,34 +446,35 @@ def overlay_rows(work: Workspace, maps: list[np.ndarray]) -> list[tuple[str, ...
 
 
 def run_track_process(spec: dict) -> dict:
-    """Run ``track_video`` as ``spec`` says in a fresh Python: its report, plus ``wall`` and
-    ``cpu`` seconds of the whole process (interpreter start-up included)."""
-    cpu, wall = children_cpu_seconds(), time.perf_counter()
-    finished = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child-track", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-    )
-    wall, cpu = time.perf_counter() - wall, children_cpu_seconds() - cpu
-    if finished.returncode != 0:
-        sys.exit(f"track_video failed in the child process:\n{finished.stderr[-4000:]}")
-    return {**json.loads(finished.stdout.strip().splitlines()[-1]), "wall": wall, "cpu": cpu}
-
-
-def child_track(spec: dict) -> None:
-    """The child process: one ``track_video`` run, then its report and peak RSS as one JSON line."""
-    from dinotrack.pipeline import track_video
-
-    if spec.pop("tiny"):
-        from checkpoints import register_tiny_backbone
-
-        register_tiny_backbone()
-    short_side = spec.pop("short_side")
-    threads = spec.pop("threads")
-    if threads is not None:
-        torch.set_num_threads(threads)
-    report = track_video(**spec, config=TrackConfig(short_side=short_side), overwrite=True)
-    print(json.dumps({"frames": report.frames_done, "seconds": report.seconds, "peak_rss_mib": peak_rss_mib()}))
+    """Run ``dinotrack track`` as a user would, in a fresh Python (interpreter start-up
+    included): its run.json, plus ``wall`` and ``cpu`` seconds and ``peak_rss_mib`` of
+    that process. ``spec["tiny"]`` runs the CLI with the tiny test backbone registered."""
+    command = [sys.executable, str(REPO / "tests" / "tiny_cli.py")] if spec["tiny"] else [sys.executable, "-m", "dinotrack"]
+    command += [
+        "track", spec["source"], "--mask", spec["mask"], "--output", spec["output"], "--model", spec["model"],
+        "--weights", spec["weights"], "--device", spec["device"], "--short-side", str(spec["short_side"]),
+        "--preset", spec["preset"], "--overwrite",
+    ]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    if spec["threads"] is not None:
+        environment["OMP_NUM_THREADS"] = str(spec["threads"])
+    with tempfile.TemporaryFile("w+") as errors:
+        wall = time.perf_counter()
+        process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - wall
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if status != 0:
+            errors.seek(0)
+            sys.exit(f"dinotrack track failed ({' '.join(command)}):\n{errors.read()[-4000:]}")
+    report = json.loads((Path(spec["output"]) / "run.json").read_text())
+    return {
+        "frames": report["frames_done"],
+        "seconds": report["seconds"],
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # KiB on Linux
+    }
 
 
 @torch.inference_mode()
@@ -517,6 +503,7 @@ def end_to_end_rows(work: Workspace, short_side: int) -> list[tuple[str, ...]]:
         "device": work.args.device,
         "short_side": short_side,
         "threads": work.args.threads,
+        "preset": work.args.preset,
         "tiny": False,
     }
     runs, bares = [], []
@@ -532,7 +519,7 @@ def end_to_end_rows(work: Workspace, short_side: int) -> list[tuple[str, ...]]:
     in_run = run["seconds"]["total"] / bare.wall
     return [
         (
-            "end to end (track_video, fresh process)",
+            f"end to end (dinotrack track --preset {work.args.preset})",
             f"{frames / wall:.3f} frames/s",
             f"{run['cpu']:.1f} s",
             f"{frames} frames in {wall:.1f} s, start-up included{_tries([r['wall'] for r in runs])}",
@@ -544,8 +531,8 @@ def end_to_end_rows(work: Workspace, short_side: int) -> list[tuple[str, ...]]:
             f"{bare.wall:.1f} s{_tries([t.wall for t in bares])}",
         ),
         ("end to end / bare backbone", f"{ratio:.3f}", f"{run['cpu'] / bare.cpu:.3f}", f"in-run {in_run:.3f}{verdict}"),
-        ("track_video stage seconds (run.json)", "", "", ", ".join(f"{k} {v:.1f}" for k, v in run["seconds"].items())),
-        ("peak RSS, end to end", f"{run['peak_rss_mib']:.0f} MiB", "", "VmHWM of the fresh process"),
+        ("stage seconds (run.json)", "", "", ", ".join(f"{k} {v:.1f}" for k, v in run["seconds"].items())),
+        ("peak RSS, end to end", f"{run['peak_rss_mib']:.0f} MiB", "", "max RSS of the process"),
     ]
 
 
@@ -555,13 +542,13 @@ def _tries(seconds: list[float]) -> str:
 
 
 def memory_table(work: Workspace, counts: list[int]) -> Table:
-    """Peak RSS of ``track_video`` with the tiny random backbone on videos of ``counts`` frames."""
+    """Peak RSS of ``dinotrack track`` with the tiny random backbone on videos of ``counts`` frames."""
     from checkpoints import register_tiny_backbone, write_timm_checkpoint
 
     register_tiny_backbone()
     weights = write_timm_checkpoint(work.root / "tiny.safetensors")
     table = Table(
-        f"Peak RSS of track_video: tiny random backbone, S={work.config.short_side}, "
+        f"Peak RSS of dinotrack track: tiny random backbone, --preset {work.args.preset}, S={work.config.short_side}, "
         f"{FRAME_SIZE[1]}x{FRAME_SIZE[0]} H.264, overlay on",
         ("frames", "peak RSS", "wall s", "notes"),
     )
@@ -576,6 +563,7 @@ def memory_table(work: Workspace, counts: list[int]) -> Table:
             "device": work.args.device,
             "short_side": work.config.short_side,
             "threads": work.args.threads,
+            "preset": work.args.preset,
             "tiny": True,
         }
         run = run_track_process(spec)
@@ -640,8 +628,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="vits16", help="registered backbone name")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--preset", default="default", choices=("default", "paper"), help="preset of the end-to-end and memory runs"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--child-track", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     unknown = set(args.only) - set(STAGES)
     if unknown:
@@ -656,9 +646,6 @@ def main() -> None:
     args = parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.child_track is not None:
-        child_track(json.loads(args.child_track))
-        return
     machine_table(torch.device(args.device)).print()
     print(f"\nFrames: {source_description()}, {FRAME_SIZE[1]}x{FRAME_SIZE[0]}. CPU time: all threads of the process.")
     with tempfile.TemporaryDirectory(prefix="dinotrack-benchmark-") as folder:

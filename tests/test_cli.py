@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -140,6 +144,17 @@ def test_version_and_help():
     assert invoke("--version").output.strip().startswith("dinotrack ")
     result = invoke("track", "--help")
     assert result.exit_code == 0 and "--mask" in result.output and "--preset" in result.output
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "1000"), ("7", "7")])
+def test_cli_tunes_openmp_before_torch_loads(user_value, expected):
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads it: the CLI module must set it first."""
+    environment = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    if user_value is not None:
+        environment["GOMP_SPINCOUNT"] = user_value
+    code = "import os, sys, dinotrack.cli; print('torch' in sys.modules, os.environ['GOMP_SPINCOUNT'])"
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", expected]
 
 
 def test_benchmark_davis_layout_is_resumable(tiny_weights: Path, davis: Path, tmp_path: Path):
