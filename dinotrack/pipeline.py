@@ -40,8 +40,6 @@ log = logging.getLogger("dinotrack")
 
 Progress = Callable[[int, "int | None"], None]
 RESULT_FILES = ("run.json", "masks", "overlay.mp4", "metrics.json", "metrics.csv", "metrics.png", "state.pt")
-FEATURES_AHEAD = 2
-"""Frames whose features may wait for propagation: enough to keep the backbone busy, little memory."""
 
 
 @dataclass
@@ -323,7 +321,7 @@ def track_video(
                 if frame.index >= done:
                     break
                 writer.submit(frame, read_label_map(output / "masks" / f"{frame.stem}.png"), overlay_only=True)
-        for frame, frame_features in pairs_from(done if resumed else 0):
+        for frame, frame_features in stopwatch.timed("features", pairs_from(done if resumed else 0)):
             start = time.perf_counter()
             if frame.index in masks:
                 ids = tracker.add_mask(masks.read(frame.index), frame_features)
@@ -371,9 +369,6 @@ def _feature_stream(
 
     Returns ``pairs_from(index)``, which yields ``(frame, [h, w, D] features)``
     from frame ``index`` on, and the model and weights provenance for ``run.json``.
-    Frames are decoded on one thread and their features made on another, a
-    few frames ahead of the caller, so that propagation and writing overlap the
-    backbone (the stopwatch's ``features`` and ``propagate`` seconds overlap too).
     """
     if cache is not None:
         if cache.meta["short_side"] != short_side:
@@ -384,7 +379,7 @@ def _feature_stream(
         provenance = {"model": cache.meta["model"], "weights": {"source": f"features:{cache.path.resolve()}", "sha256": None}}
 
         def from_cache(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
-            return _ahead(cache.features(stopwatch.timed("decode", prefetch(frames.frames(index))), device), stopwatch)
+            return cache.features(stopwatch.timed("decode", prefetch(frames.frames(index))), device)
 
         return from_cache, provenance
     start = time.perf_counter()
@@ -395,14 +390,9 @@ def _feature_stream(
     provenance = {"model": model, "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256}}
 
     def from_backbone(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
-        return _ahead(extractor(stopwatch.timed("decode", prefetch(frames.frames(index)))), stopwatch)
+        return extractor(stopwatch.timed("decode", prefetch(frames.frames(index))))
 
     return from_backbone, provenance
-
-
-def _ahead(pairs: Iterator[tuple[Frame, torch.Tensor]], stopwatch: _Stopwatch) -> Iterator[tuple[Frame, torch.Tensor]]:
-    """``pairs`` made on a background thread, at most ``FEATURES_AHEAD`` frames ahead."""
-    return prefetch(stopwatch.timed("features", pairs), depth=FEATURES_AHEAD)
 
 
 def _finish_run(
