@@ -1,0 +1,76 @@
+"""The feature extractor: batches run on worker threads come back whole, in order, and alike."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SAMPLE
+from dinotrack.backbone import create_backbone
+from dinotrack.features import FeatureExtractor, default_workers
+from dinotrack.sources import Frame, open_source
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[Frame]:
+    return list(itertools.islice(open_source(SAMPLE / "shapes.mp4").frames(0), 7))
+
+
+@pytest.fixture
+def extractor_for(tiny_weights: Path):
+    backbone = create_backbone("tiny", weights=tiny_weights, device="cpu")
+    return lambda **options: FeatureExtractor(backbone, short_side=64, device=CPU, **options)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_workers_give_the_same_features_in_order(extractor_for, frames, batch_size):
+    one = list(extractor_for(batch_size=batch_size, workers=1)(frames))
+    three = list(extractor_for(batch_size=batch_size, workers=3)(frames))
+    assert [frame.index for frame, _ in three] == list(range(len(frames)))
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(one, three))
+    assert three[0][1].shape == (4, 8, 64) and three[0][1].dtype == torch.float32
+
+
+def test_workers_leave_the_callers_thread_count(extractor_for, frames):
+    torch.set_num_threads(2)
+    try:
+        list(extractor_for(workers=2)(frames))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_default_workers_follow_the_device_and_threads(extractor_for):
+    assert extractor_for().workers == 1  # the tests run torch on one thread
+    torch.set_num_threads(2)
+    try:
+        assert extractor_for().workers == 2
+        assert default_workers(torch.device("cuda"), compile=False) == 1
+        assert default_workers(CPU, compile=True) == 1
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_an_error_in_the_frames_reaches_the_caller_after_the_frames_before_it(extractor_for, frames):
+    def failing() -> Iterator[Frame]:
+        yield from frames[:3]
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for frame, _ in extractor_for(workers=2)(failing()):
+            got.append(frame.index)
+    assert got == [0, 1, 2]
+
+
+def test_stopping_early_ends_the_workers(extractor_for, frames):
+    endless = (Frame(i, f"{i:05d}", frames[0].rgb) for i in itertools.count())
+    stream = extractor_for(workers=2)(endless)
+    assert [frame.index for frame, _ in itertools.islice(stream, 3)] == [0, 1, 2]
+    stream.close()  # would hang if the pool kept pulling frames
