@@ -405,18 +405,21 @@ def output_rows(work: Workspace, probs: list[torch.Tensor]) -> tuple[list[tuple[
     upsample, write, maps = [], [], []
     out = work.root / "masks"
     out.mkdir(exist_ok=True)
-    for index in range(OUTPUT_FRAMES):
+    refined = []
+    for index, rgb in zip(range(OUTPUT_FRAMES), looped_frames(OUTPUT_FRAMES)):
         frame_probs = probs[index % len(probs)]
         ids, timing = timed(
             lambda: probs_to_ids(frame_probs, work.labels, FRAME_SIZE, upsample=config.upsample, minmax=config.minmax),
             device=work.device,
         )
         upsample.append(timing)
+        refined.append(timed(lambda: probs_to_ids(frame_probs, work.labels, FRAME_SIZE, refine="colour", guide=rgb), device=work.device)[1])
         write.append(timed(write_label_map, out / f"{index:05d}.png", ids)[1])
         maps.append(ids)
     note = f"{FRAME_SIZE[1]}x{FRAME_SIZE[0]}, {len(work.labels)} labels, median of {OUTPUT_FRAMES}"
     rows = [
-        ("upsample + argmax (probs_to_ids)", *median_ms(upsample), note),
+        ("upsample + argmax (probs_to_ids, paper)", *median_ms(upsample), note),
+        ("colour refinement (probs_to_ids, default)", *median_ms(refined), "scores boundary pixels only: cost follows their number"),
         ("PNG write (write_label_map)", *median_ms(write), f"palette PNG, median of {OUTPUT_FRAMES}"),
     ]
     return rows, maps
@@ -445,35 +448,62 @@ def overlay_rows(work: Workspace, maps: list[np.ndarray]) -> list[tuple[str, ...
 # --- end to end, in a fresh process ---------------------------------------------------------
 
 
+CHILD = """
+import os, resource, sys
+sys.argv[0] = "dinotrack"
+try:
+    if os.environ["BENCHMARK_TINY"]:
+        from checkpoints import register_tiny_backbone
+        register_tiny_backbone()
+    from dinotrack.cli import main
+    main()
+finally:
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except OSError:
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    with open(os.environ["BENCHMARK_PEAK"], "w") as peak:
+        peak.write(str(kib / 1024))
+"""
+"""The child process: ``dinotrack`` as its console script runs it, then its peak RSS (MiB) written
+to a file: the ru_maxrss that wait4 reports starts from the parent's size at the fork."""
+
+
 def run_track_process(spec: dict) -> dict:
     """Run ``dinotrack track`` as a user would, in a fresh Python (interpreter start-up
     included): its run.json, plus ``wall`` and ``cpu`` seconds and ``peak_rss_mib`` of
-    that process. ``spec["tiny"]`` runs the CLI with the tiny test backbone registered."""
-    command = [sys.executable, str(REPO / "tests" / "tiny_cli.py")] if spec["tiny"] else [sys.executable, "-m", "dinotrack"]
-    command += [
+    that process. ``spec["tiny"]`` registers the tiny test backbone first."""
+    arguments = [
         "track", spec["source"], "--mask", spec["mask"], "--output", spec["output"], "--model", spec["model"],
         "--weights", spec["weights"], "--device", spec["device"], "--short-side", str(spec["short_side"]),
         "--preset", spec["preset"], "--overwrite",
     ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    if spec["threads"] is not None:
-        environment["OMP_NUM_THREADS"] = str(spec["threads"])
-    with tempfile.TemporaryFile("w+") as errors:
-        wall = time.perf_counter()
-        process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=errors)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - wall
-        process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as folder:
+        peak, errors = Path(folder) / "peak", Path(folder) / "stderr"
+        environment = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+            "BENCHMARK_TINY": "1" if spec["tiny"] else "",
+            "BENCHMARK_PEAK": str(peak),
+        }
+        if spec["threads"] is not None:
+            environment["OMP_NUM_THREADS"] = str(spec["threads"])
+        with errors.open("w") as stderr:
+            wall = time.perf_counter()
+            process = subprocess.Popen([sys.executable, "-c", CHILD, *arguments], env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
+            _, status, usage = os.wait4(process.pid, 0)
+            wall = time.perf_counter() - wall
         if status != 0:
-            errors.seek(0)
-            sys.exit(f"dinotrack track failed ({' '.join(command)}):\n{errors.read()[-4000:]}")
+            sys.exit(f"dinotrack {' '.join(arguments)} failed:\n{errors.read_text()[-4000:]}")
+        peak_mib = float(peak.read_text())
     report = json.loads((Path(spec["output"]) / "run.json").read_text())
     return {
         "frames": report["frames_done"],
         "seconds": report["seconds"],
         "wall": wall,
         "cpu": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mib": peak_mib,
     }
 
 
@@ -555,7 +585,7 @@ def end_to_end_rows(work: Workspace, short_side: int) -> list[tuple[str, ...]]:
         ("end to end / bare backbone", f"{ratio:.3f}", f"{run['cpu'] / bare.cpu:.3f}", f"in-run {in_run:.3f}{verdict}"),
         *_parallel_rows(parallels, frames, wall, workers),
         ("stage seconds (run.json)", "", "", ", ".join(f"{k} {v:.1f}" for k, v in run["seconds"].items())),
-        ("peak RSS, end to end", f"{run['peak_rss_mib']:.0f} MiB", "", "max RSS of the process"),
+        ("peak RSS, end to end", f"{run['peak_rss_mib']:.0f} MiB", "", "peak RSS (VmHWM) of the process"),
     ]
 
 
