@@ -56,6 +56,10 @@ def labels_to_probs(
     return probs / probs.sum(0, keepdim=True).clamp_min(1e-12)
 
 
+BLOCK_ROWS = 16
+"""Query rows per block in :func:`windowed_similarity` (60x107 grid: 39 -> 33 ms a context frame)."""
+
+
 @dataclass(frozen=True)
 class _Window:
     """Precomputed indexing for one grid size and neighbourhood.
@@ -124,21 +128,34 @@ def windowed_similarity(query_runs: torch.Tensor, key_rows: torch.Tensor, window
     length is a whole number of tiles, the key runs of all queries are one fixed
     stride apart in ``key_rows``: one strided view, one batched matmul, no copy.
     Reads that spill past a row's end land on padding or on patches of the
-    next row; both fall outside the neighbourhood and are masked.
+    next row; both fall outside the neighbourhood and are masked. Queries go
+    in blocks of :data:`BLOCK_ROWS` rows, so that the products stay in cache.
     """
-    t, stride, dim = window.tile, window.stride, key_rows.shape[1]
+    t = window.tile
     runs = query_runs.shape[0]
     sim = key_rows.new_empty(runs * t, window.outside.shape[1])
+    sim_runs = sim.view(runs, t, -1)
+    block = BLOCK_ROWS * window.stride // t
+    for first in range(0, runs, block):
+        last = min(first + block, runs)
+        _fill_block(query_runs[first:last], key_rows, window, first, sim_runs[first:last])
+    return sim.masked_fill_(window.outside, float("-inf"))
+
+
+def _fill_block(
+    query_runs: torch.Tensor, key_rows: torch.Tensor, window: _Window, first: int, out: torch.Tensor
+) -> None:
+    """:func:`windowed_similarity` of the query runs ``first...`` into ``out`` ``[runs, tile, n_off]``."""
+    t, stride, dim = window.tile, window.stride, key_rows.shape[1]
+    runs = query_runs.shape[0]
     column = 0
     for dy, half in window.rows:
         width, span = t + 2 * half, 2 * half + 1
-        offset = key_rows.storage_offset() + ((window.margin + dy) * stride - half) * dim
+        offset = key_rows.storage_offset() + ((window.margin + dy) * stride - half + first * t) * dim
         key_runs = key_rows.as_strided((runs, width, dim), (t * dim, dim, 1), offset)
         products = torch.bmm(query_runs, key_runs.transpose(1, 2))  # [runs, t, width]
-        diagonal = products.as_strided((runs, t, span), (t * width, width + 1, 1))
-        sim.view(runs, t, -1)[:, :, column : column + span] = diagonal
+        out[:, :, column : column + span] = products.as_strided((runs, t, span), (t * width, width + 1, 1))
         column += span
-    return sim.masked_fill_(window.outside, float("-inf"))
 
 
 class LabelPropagator:
@@ -157,7 +174,7 @@ class LabelPropagator:
         topk: int = 5,
         temperature: float = 0.2,
         neighbourhood: Neighbourhood = "circle",
-        tile: int = 8,
+        tile: int = 4,
     ) -> None:
         self.topk = topk
         self.temperature = temperature
