@@ -56,6 +56,10 @@ Weights = Annotated[
 ShortSide = Annotated[Optional[int], typer.Option("--short-side", help="Short side in pixels fed to the backbone (rounded up to 16). Default 480; the paper uses 960.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the backbone and propagation run: auto, cpu, cuda, cuda:N or mps.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Frames per backbone batch.")]
+Workers = Annotated[
+    Optional[int],
+    typer.Option("--workers", min=1, help="Batches in the backbone at once, each on a share of the CPU threads. Default: 2 on a CPU with 2+ threads, else 1."),
+]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (pays off on a GPU for long videos).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")]
 Context = Annotated[Optional[int], typer.Option("--context", help="Past frames kept as context (paper: 7).")]
@@ -162,6 +166,7 @@ def track(
     device: DeviceOpt = "auto",
     features: Annotated[Optional[Path], typer.Option("--features", help="Use this feature cache (from `dinotrack features`) instead of running the backbone.")] = None,
     batch_size: BatchSize = 1,
+    workers: Workers = None,
     compile_model: Compile = False,
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png.")] = None,
     no_overlay: NoOverlay = False,
@@ -181,7 +186,7 @@ def track(
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
                 source, mask, output, config=config, preset=preset_name.value, model=model, weights=weights,
-                device=device, features=features, batch_size=batch_size, compile=compile_model, write_overlay=not no_overlay,
+                device=device, features=features, batch_size=batch_size, workers=workers, compile=compile_model, write_overlay=not no_overlay,
                 gt=gt, overwrite=overwrite, resume=resume, on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
@@ -212,6 +217,7 @@ def features(
     short_side: ShortSide = None,
     device: DeviceOpt = "auto",
     batch_size: BatchSize = 1,
+    workers: Workers = None,
     compile_model: Compile = False,
     debug: Debug = False,
 ) -> None:
@@ -222,7 +228,7 @@ def features(
         with _stop_on_signals() as stop, _progress("Features") as (on_progress, _):
             done = extract_features(
                 source, output, model=model, weights=weights, short_side=480 if short_side is None else short_side,
-                device=device, batch_size=batch_size, compile=compile_model, on_progress=on_progress, stop=stop,
+                device=device, batch_size=batch_size, workers=workers, compile=compile_model, on_progress=on_progress, stop=stop,
             )
         console.print(f"Wrote the features of {done} frames to {output}")
         if stop.is_set():
@@ -285,6 +291,7 @@ def benchmark(
     preset_name: PresetOpt = Preset.default,
     device: DeviceOpt = "auto",
     batch_size: BatchSize = 1,
+    workers: Workers = None,
     compile_model: Compile = False,
     no_overlay: NoOverlay = False,
     debug: Debug = False,
@@ -301,7 +308,8 @@ def benchmark(
             report = benchmark_dataset(
                 root, output, sequences=names, on_sequence=lambda name, i, n: restart(f"{name} ({i}/{n})"),
                 config=config, preset=preset_name.value, model=model, weights=weights, device=device,
-                batch_size=batch_size, compile=compile_model, write_overlay=not no_overlay, on_progress=on_progress, stop=stop,
+                batch_size=batch_size, workers=workers, compile=compile_model, write_overlay=not no_overlay, on_progress=on_progress,
+                stop=stop,
             )
         _print_eval_table(report)
         console.print(f"Wrote {output / 'global_results.csv'} and {output / 'per-sequence_results.csv'}")

@@ -255,6 +255,7 @@ def track_video(
     device: str = "auto",
     features: str | os.PathLike | None = None,
     batch_size: int = 1,
+    workers: int | None = None,
     compile: bool = False,
     write_overlay: bool = True,
     gt: str | os.PathLike | None = None,
@@ -267,6 +268,7 @@ def track_video(
 
     ``mask``: the first frame's label map (PNG) or a folder of keyframe masks.
     ``features``: a feature cache folder to use instead of running the backbone.
+    ``batch_size``, ``workers``, ``compile``: see :class:`~dinotrack.features.FeatureExtractor`.
     ``stop``: when set, the run finishes the frame in hand, saves its state
     and ends with status ``interrupted``. ``resume``: continue such a run
     (or a failed one) from its last written frame, with the same masks as an
@@ -287,7 +289,7 @@ def track_video(
     stopwatch = _Stopwatch()
     pairs_from, provenance = _feature_stream(
         frames, cache, model=model, weights=weights, device=torch_device, short_side=config.short_side,
-        batch_size=batch_size, compile=compile, stopwatch=stopwatch,
+        batch_size=batch_size, workers=workers, compile=compile, stopwatch=stopwatch,
     )
     prepare_output(output, overwrite=overwrite, resume=resume)
     run = {
@@ -298,7 +300,9 @@ def track_video(
         "mask": str(Path(mask).resolve()),
         "keyframes": sorted(masks.files),
         "preset": preset,
-        "settings": {**config.as_dict(), "batch_size": batch_size, "compile": compile, "device": str(torch_device)},
+        "settings": {
+            **config.as_dict(), "batch_size": batch_size, "workers": workers, "compile": compile, "device": str(torch_device)
+        },
         **provenance,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
@@ -362,6 +366,7 @@ def _feature_stream(
     device: torch.device,
     short_side: int,
     batch_size: int,
+    workers: int | None,
     compile: bool,
     stopwatch: _Stopwatch,
 ) -> tuple[Callable[[int], Iterator[tuple[Frame, torch.Tensor]]], dict]:
@@ -386,7 +391,9 @@ def _feature_stream(
     backbone = create_backbone(model, weights=weights, device=device)
     stopwatch.add("load_model", time.perf_counter() - start)
     _check_frame_size(frames, backbone.patch_size)
-    extractor = FeatureExtractor(backbone, short_side=short_side, device=device, batch_size=batch_size, compile=compile)
+    extractor = FeatureExtractor(
+        backbone, short_side=short_side, device=device, batch_size=batch_size, workers=workers, compile=compile
+    )
     provenance = {"model": model, "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256}}
 
     def from_backbone(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
@@ -561,6 +568,7 @@ def extract_features(
     short_side: int = 480,
     device: str = "auto",
     batch_size: int = 1,
+    workers: int | None = None,
     compile: bool = False,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
@@ -573,7 +581,9 @@ def extract_features(
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
     backbone = create_backbone(model, weights=weights, device=torch_device)
     _check_frame_size(frames, backbone.patch_size)
-    extractor = FeatureExtractor(backbone, short_side=short_side, device=torch_device, batch_size=batch_size, compile=compile)
+    extractor = FeatureExtractor(
+        backbone, short_side=short_side, device=torch_device, batch_size=batch_size, workers=workers, compile=compile
+    )
     meta = {
         "model": model,
         "patch_size": backbone.patch_size,

@@ -70,6 +70,19 @@ def test_track_sample_video(tiny_weights: Path, tmp_path: Path):
     assert run["weights"]["source"].startswith("file:") and len(run["weights"]["sha256"]) == 64
 
 
+def test_workers_change_speed_not_masks(tiny_weights: Path, tmp_path: Path):
+    masks = {}
+    for workers in (1, 3):
+        output = tmp_path / f"workers{workers}"
+        result = invoke("track", SAMPLE / "shapes.mp4", "--mask", SAMPLE / "shapes_mask.png", "--output", output,
+                        "--weights", tiny_weights, *TINY, "--workers", workers, "--no-overlay")
+        assert result.exit_code == 0, result.output
+        assert json.loads((output / "run.json").read_text())["settings"]["workers"] == workers
+        masks[workers] = [read_label_map(path) for path in sorted((output / "masks").glob("*.png"))]
+    assert len(masks[1]) == 60
+    assert all(np.array_equal(a, b) for a, b in zip(masks[1], masks[3]))
+
+
 def test_track_davis_folder(tiny_weights: Path, davis: Path, tmp_path: Path):
     frames = davis / "JPEGImages" / "480p" / "car-shadow"
     mask = davis / "Annotations" / "480p" / "car-shadow" / "00000.png"
