@@ -258,12 +258,16 @@ class LabelPropagator:
     def _key_layouts(
         self, context: list[tuple[torch.Tensor, torch.Tensor]], window: _Window, dtype: torch.dtype
     ) -> list[torch.Tensor]:
-        """:func:`lay_out_key` of each context frame's features, each made once while in context."""
-        cached = {id(features): (features, rows) for features, rows in self._key_cache}
+        """:func:`lay_out_key` of each context frame's features, each made once while in context.
+
+        The cache holds the features it was made from, so an ``id`` found in it
+        cannot belong to another tensor.
+        """
+        cached = {id(features): rows for features, rows in self._key_cache}
         layouts = []
         for features, _ in context:
-            source, rows = cached.get(id(features), (None, None))
-            if source is not features or rows.dtype != dtype:  # identity, not just id(): ids are reused
+            rows = cached.get(id(features))
+            if rows is None or rows.dtype != dtype:
                 rows = lay_out_key(features.to(dtype), window)
             layouts.append(rows)
         self._key_cache = [(features, rows) for (features, _), rows in zip(context, layouts)]

@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dinotrack.backbone import Backbone, create_backbone  # noqa: E402
-from dinotrack.features import FeatureExtractor, ThreadShare, preprocess  # noqa: E402
+from dinotrack.features import FeatureExtractor, ThreadShare, default_workers, preprocess  # noqa: E402
 from dinotrack.masks import object_ids, read_label_map, write_label_map  # noqa: E402
 from dinotrack.propagate import LabelPropagator, labels_to_probs  # noqa: E402
 from dinotrack.refine import probs_to_ids  # noqa: E402
@@ -555,7 +555,7 @@ def end_to_end_rows(work: Workspace, short_side: int) -> list[tuple[str, ...]]:
         "preset": work.args.preset,
         "tiny": False,
     }
-    workers = FeatureExtractor(work.backbone, short_side=short_side, device=work.device).workers
+    workers = default_workers(work.device, compile=False)
     runs, bares, parallels = [], [], []
     for _ in range(work.args.repeats):  # alternated, so that all see the same drifts in load
         runs.append(run_track_process(spec))
