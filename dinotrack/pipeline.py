@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +66,9 @@ class RunOptions:
     is recorded. ``model``: a registered name or a ``BackboneSpec``;
     ``weights``: a checkpoint file (``None``: the hub weights). ``batch_size``,
     ``workers``, ``compile``: see :class:`~dinotrack.features.FeatureExtractor`.
-    ``overlay``: write ``overlay.mp4``.
+    ``overlay``: write ``overlay.mp4``. ``tweaks``: any other
+    :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
+    experiments; the record's ``settings`` show the result.
     """
 
     preset: str = "default"
@@ -83,6 +85,7 @@ class RunOptions:
     workers: int | None = None
     compile: bool = False
     overlay: bool = True
+    tweaks: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.config  # noqa: B018 - raises a UsageError for an unknown preset or a bad setting
@@ -94,10 +97,11 @@ class RunOptions:
     @property
     def config(self) -> TrackConfig:
         """The preset's settings with this run's overrides."""
-        return preset(self.preset).replace(
-            short_side=self.short_side, context=self.context, radius=self.radius, topk=self.topk,
-            temperature=self.temperature, keyframe_bound=self.keyframe_bound,
-        )
+        named = {
+            "short_side": self.short_side, "context": self.context, "radius": self.radius, "topk": self.topk,
+            "temperature": self.temperature, "keyframe_bound": self.keyframe_bound,
+        }
+        return preset(self.preset).replace(**{**named, **self.tweaks})
 
     def replace(self, **changes: object) -> RunOptions:
         return dataclasses.replace(self, **changes)

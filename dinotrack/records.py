@@ -23,8 +23,10 @@ from dinotrack.structs import UsageError
 RUN_FILE = "run.json"
 SCHEMA_VERSION = 1
 Status = Literal["running", "complete", "interrupted", "failed"]
-SAME_RUN_FIELDS = ("source", "mask", "preset", "settings", "model", "weights")
-"""What must not change between a run and its ``--resume``."""
+SAME_RUN_FIELDS = ("source", "mask", "preset", "model", "weights")
+"""What must not change between a run and its ``--resume`` (besides the settings that decide the masks)."""
+RUNTIME_SETTINGS = ("batch_size", "workers", "compile", "device")
+"""Settings that change the speed, not the masks: a resume may change them."""
 
 
 def utc_now() -> str:
@@ -82,12 +84,17 @@ class RunRecord:
             ) from None
 
     def changes_from(self, previous: RunRecord) -> list[str]:
-        """``field: was X, now Y`` for each of :data:`SAME_RUN_FIELDS` that differs from ``previous``."""
-        return [
-            f"{name}: was {getattr(previous, name)!r}, now {getattr(self, name)!r}"
-            for name in SAME_RUN_FIELDS
-            if getattr(previous, name) != getattr(self, name)
+        """``name: before -> now`` for each input or mask-deciding setting that differs from ``previous``.
+
+        Settings are named as the CLI's options (``--short-side: 240 -> 320``).
+        """
+        fields = [(name, getattr(previous, name), getattr(self, name)) for name in SAME_RUN_FIELDS]
+        settings = [
+            (f"--{key.replace('_', '-')}", previous.settings.get(key), self.settings.get(key))
+            for key in sorted(previous.settings.keys() | self.settings.keys())
+            if key not in RUNTIME_SETTINGS
         ]
+        return [f"{name}: {before} -> {now}" for name, before, now in fields + settings if before != now]
 
     def finish(self, status: Status, frames_done: int, seconds: dict[str, float]) -> None:
         """Record how the run ended."""

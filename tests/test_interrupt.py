@@ -108,3 +108,15 @@ def test_signal_to_a_real_process(tiny_weights: Path, tmp_path: Path, sig: signa
     assert len(list((output / "masks").glob("*.png"))) == done
     assert frame_count(output / "overlay.mp4") == done
     assert not list(output.rglob("*.part"))
+
+
+def test_resume_may_change_what_only_changes_speed(tiny_weights: Path, tmp_path: Path, uninterrupted):
+    output = tmp_path / "run"
+    stop, on_progress = stop_after(10)
+    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights, overlay=False), stop=stop, on_progress=on_progress)
+    result = CliRunner().invoke(app, ["track", str(VIDEO), "--mask", str(MASK), "--output", str(output), "--model", "tiny",
+                                      "--weights", str(tiny_weights), "--device", "cpu", "--short-side", "64",
+                                      "--batch-size", "3", "--workers", "1", "--no-overlay", "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = masks_of(output)
+    assert all(np.array_equal(resumed[stem], expected) for stem, expected in uninterrupted.items())

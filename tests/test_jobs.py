@@ -91,8 +91,8 @@ def test_record_round_trip_and_older_files(tmp_path: Path):
     older = {k: v for k, v in json.loads((tmp_path / "run.json").read_text()).items() if k != "schema"}
     (tmp_path / "run.json").write_text(json.dumps({**older, "unknown": 1}))
     assert RunRecord.read(tmp_path).schema == 0
-    other = dataclasses.replace(record, settings={"topk": 3})
-    assert other.changes_from(record) == ["settings: was {'topk': 5}, now {'topk': 3}"]
+    other = dataclasses.replace(record, settings={"topk": 3, "batch_size": 8})
+    assert other.changes_from(record) == ["--topk: 5 -> 3"]
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path):
