@@ -201,6 +201,29 @@ def write_json(report: EvalReport, path: str | os.PathLike) -> None:
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> EvalReport:
+    """The report that :func:`write_json` wrote to ``path`` (figures recomputed from the per-frame J and F).
+
+    Raises :class:`UsageError` when the file is missing or is not such a report.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        objects = [_object_from_dict(item) for item in data["objects"]]
+        return EvalReport(objects, [str(warning) for warning in data.get("warnings", [])])
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise UsageError(
+            f"{path} is not a readable metrics file ({type(error).__name__}: {error}). "
+            "Score the run again with `dinotrack evaluate PRED GT --json FILE`."
+        ) from None
+
+
+def _object_from_dict(item: dict) -> ObjectResult:
+    j, f = np.asarray(item["J"], dtype=np.float64), np.asarray(item["F"], dtype=np.float64)
+    if j.shape != f.shape or j.shape != (len(item["frames"]),):
+        raise ValueError(f"object {item['object']} has {len(item['frames'])} frames but {j.size} J and {f.size} F values")
+    return ObjectResult(str(item["sequence"]), int(item["object"]), tuple(map(str, item["frames"])), j, f, Scores.of_frames(j, f))
+
+
 def write_csv(
     report: EvalReport, path: str | os.PathLike, *, per_sequence: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
@@ -244,7 +267,7 @@ def _evaluate_sequence(
         raise UsageError(
             f"Ground-truth folder {gt_dir} holds no PNG masks. Point GT at the annotations of the sequences."
         )
-    objects = object_ids(_read_ids(gt_dir / f"{frames[0]}.png", ground_truth=True))
+    objects = object_ids(read_ids(gt_dir / f"{frames[0]}.png", ground_truth=True))
     scored = frames if all_frames else frames[1:-1]
     if not scored:
         raise UsageError(
@@ -264,6 +287,15 @@ def _evaluate_sequence(
 def _score_object(sequence: str, object_id: int, frames: list[str], pred: np.ndarray, gt: np.ndarray) -> ObjectResult:
     j, f = metrics.jaccard(pred, gt), metrics.boundary_f(pred, gt)
     return ObjectResult(sequence, object_id, tuple(frames), j, f, Scores.of_frames(j, f))
+
+
+def score_frame(pred: np.ndarray, gt: np.ndarray, objects: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """``{object id: (J, F)}`` of one frame: ``[H, W] uint8`` predicted and ground-truth ids (as :func:`evaluate` scores them)."""
+    scores = {}
+    for object_id in objects:
+        pred_mask, gt_mask = (pred == object_id)[None], (gt == object_id)[None]
+        scores[object_id] = (float(metrics.jaccard(pred_mask, gt_mask)[0]), float(metrics.boundary_f(pred_mask, gt_mask)[0]))
+    return scores
 
 
 def _sequence_warnings(name: str, objects: list[int], pred_ids: np.ndarray) -> list[str]:
@@ -355,7 +387,7 @@ def _require_same_sizes(
 
 def _read_stack(folder: Path, frames: list[str], *, ground_truth: bool) -> np.ndarray:
     """Ids of the named frames, ``[T, H, W] uint8``; every frame must have the first one's size."""
-    stack = [_read_ids(folder / f"{name}.png", ground_truth=ground_truth) for name in frames]
+    stack = [read_ids(folder / f"{name}.png", ground_truth=ground_truth) for name in frames]
     for name, ids in zip(frames, stack):
         if ids.shape != stack[0].shape:
             raise UsageError(
@@ -365,8 +397,8 @@ def _read_stack(folder: Path, frames: list[str], *, ground_truth: bool) -> np.nd
     return np.stack(stack)
 
 
-def _read_ids(path: Path, *, ground_truth: bool) -> np.ndarray:
-    """Object ids of one mask PNG, ``[H, W] uint8``; void (255) becomes background in ground truth.
+def read_ids(path: Path, *, ground_truth: bool) -> np.ndarray:
+    """Object ids of one mask PNG as they are scored, ``[H, W] uint8``; void (255) becomes background in ground truth.
 
     Indexed PNGs give their indices; grayscale PNGs holding only 0 and 255
     are DAVIS-2016 binary masks (255 = object 1); other grayscale values are

@@ -27,19 +27,32 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import cv2
 import numpy as np
 import torch
 
 from dinotrack.backbone import Backbone, create_backbone, resolve_device
+from dinotrack.confidence import ConfidenceLog, keyframe_confidence, object_confidence, sharp_drops
 from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
 from dinotrack.files import atomic_write
 from dinotrack.masks import object_ids, read_label_map
 from dinotrack.records import RUN_FILE, RunRecord, library_versions
-from dinotrack.sinks import SINK_TYPES, MaskSink, OverlayVideo, PngMasks
+from dinotrack.report import REPORT_FILE, write_report
+from dinotrack.sinks import (
+    SINK_TYPES,
+    OverlayMode,
+    EvaluatedPainter,
+    GroundTruth,
+    MaskSink,
+    OverlayVideo,
+    Painter,
+    PlainPainter,
+    PngMasks,
+    Prediction,
+)
 from dinotrack.sources import Frame, FrameSource, open_source, prefetch
 from dinotrack.structs import DinotrackError, TrackConfig, UsageError, preset
 from dinotrack.tracker import Tracker
@@ -52,8 +65,10 @@ log = logging.getLogger("dinotrack")
 Progress = Callable[[int, "int | None"], None]
 STATE_FILE = "state.pt"
 METRIC_FILES = {"json": "metrics.json", "csv": "metrics.csv", "plot": "metrics.png"}
-RESULT_FILES = (RUN_FILE, STATE_FILE, *(sink.file for sink in SINK_TYPES), *METRIC_FILES.values())
+RESULT_FILES = (RUN_FILE, STATE_FILE, *(sink.file for sink in SINK_TYPES), *METRIC_FILES.values(), REPORT_FILE)
 """Everything a run may leave in its folder: another run's results are recognised by these."""
+OverlayChoice = Literal["auto", "plain", "evaluated", "side-by-side", "none"]
+"""``overlay.mp4``'s pictures: see :class:`RunOptions`."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,11 @@ class RunOptions:
     is recorded. ``model``: a registered name or a ``BackboneSpec``;
     ``weights``: a checkpoint file (``None``: the hub weights). ``batch_size``,
     ``workers``, ``compile``: see :class:`~dinotrack.features.FeatureExtractor`.
-    ``overlay``: write ``overlay.mp4``. ``tweaks``: any other
+    ``overlay``: what ``overlay.mp4`` shows: ``"plain"`` (the prediction,
+    each object's area and confidence), ``"evaluated"`` (against the ground
+    truth: missed and wrongly claimed pixels, J and F per frame),
+    ``"side-by-side"`` (prediction | ground truth), ``"none"`` (no video), or
+    ``"auto"``: evaluated with ground truth, plain without. ``tweaks``: any other
     :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
     experiments; the record's ``settings`` show the result.
     """
@@ -84,7 +103,7 @@ class RunOptions:
     batch_size: int = 1
     workers: int | None = None
     compile: bool = False
-    overlay: bool = True
+    overlay: OverlayChoice = "auto"
     tweaks: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +112,8 @@ class RunOptions:
             raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size}).")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers must be at least 1 (got {self.workers}).")
+        if self.overlay not in get_args(OverlayChoice):
+            raise UsageError(f"--overlay must be one of {', '.join(get_args(OverlayChoice))} (got {self.overlay!r}).")
 
     @property
     def config(self) -> TrackConfig:
@@ -105,6 +126,17 @@ class RunOptions:
 
     def replace(self, **changes: object) -> RunOptions:
         return dataclasses.replace(self, **changes)
+
+    def overlay_mode(self, *, with_gt: bool) -> OverlayMode | None:
+        """The overlay a run writes (``None``: none), given whether it has ground truth."""
+        if self.overlay == "auto":
+            return "evaluated" if with_gt else "plain"
+        if self.overlay in ("evaluated", "side-by-side") and not with_gt:
+            raise UsageError(
+                f"--overlay {self.overlay} draws the prediction against the ground truth, and this run has none. "
+                "Pass --gt DIR with the ground-truth masks, or choose --overlay plain."
+            )
+        return None if self.overlay == "none" else self.overlay
 
 
 @dataclass
@@ -396,6 +428,9 @@ def track_video(
     """Track the objects of ``mask`` through ``source``; write masks, overlay and ``run.json`` to ``output``.
 
     ``mask``: the first frame's label map (PNG) or a folder of keyframe masks.
+    ``gt``: ground-truth masks named like the frames: the run is scored
+    (``metrics.json``, ``.csv``, ``.png``), the overlay is evaluated (unless
+    ``options.overlay`` says otherwise) and ``report.html`` is written.
     ``features``: a feature cache folder to use instead of running the backbone.
     ``backbone``: an already-built backbone (see :func:`load_backbone`);
     without one, ``options`` name the backbone, built here. ``stop``: when set,
@@ -411,6 +446,7 @@ def track_video(
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
     masks = Keyframes(Path(mask), frames)
+    painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, masks, gt)
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
     if previous is not None and previous.status == "complete":
@@ -431,7 +467,8 @@ def track_video(
         record.resumed_at = done
     prepare_output(output, overwrite=overwrite)
     record.write(output)
-    run = _Run(output, frames, masks, Tracker(config), record, stopwatch, options.overlay)
+    confidence = ConfidenceLog(previous.confidence if previous is not None else None)
+    run = _Run(output, frames, masks, Tracker(config), record, stopwatch, painter, confidence)
     try:
         run.go(stream, done, on_progress, stop)
     finally:
@@ -439,7 +476,19 @@ def track_video(
         record.finish(run.status, run.frames_done, stopwatch.rounded())
         record.write(output)
     metrics = _evaluate_run(output, Path(gt)) if record.status == "complete" and gt is not None else None
+    if gt is not None:
+        write_report(output)
     return RunReport(output, record, metrics)
+
+
+def _painter(mode: OverlayMode | None, frames: FrameSource, masks: Keyframes, gt: str | os.PathLike | None) -> Painter | None:
+    """What draws the run's overlay pictures (checking the ground truth now, before any output exists)."""
+    if mode is None:
+        return None
+    if mode == "plain":
+        return PlainPainter(frames.size, frames.frame_count, object_ids(masks.get(0)))
+    truth = GroundTruth(Path(gt), frames.size)
+    return EvaluatedPainter(frames.size, frames.frame_count, truth, side=mode == "side-by-side")
 
 
 def _feature_stream(
@@ -465,7 +514,7 @@ class _Run:
 
     def __init__(
         self, output: Path, frames: FrameSource, masks: Keyframes, tracker: Tracker, record: RunRecord,
-        stopwatch: _Stopwatch, write_overlay: bool,
+        stopwatch: _Stopwatch, painter: Painter | None, confidence: ConfidenceLog,
     ) -> None:
         self.output = output
         self.frames = frames
@@ -473,8 +522,9 @@ class _Run:
         self.tracker = tracker
         self.record = record
         self.stopwatch = stopwatch
+        self.confidence = confidence
         self.masks_sink = PngMasks(output)
-        self.overlay = OverlayVideo(output, frames.fps, frames.size) if write_overlay else None
+        self.overlay = OverlayVideo(output, frames.fps, painter) if painter is not None else None
         self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], stopwatch)
         self.status = "running"
         self.frames_done = 0
@@ -494,12 +544,12 @@ class _Run:
                 self._replay_written(done)
             for frame, frame_features in self.stopwatch.timed("features", stream.pairs_from(done if resumed else 0)):
                 start = time.perf_counter()
-                ids = self.tracker.process(frame.rgb, frame_features, self.masks.get(frame.index))
+                prediction = self._predict(frame, frame_features)
                 self.stopwatch.add("propagate", time.perf_counter() - start)
                 if frame.index < done:  # replaying the frames before a resume
                     self.writer.submit(frame, self._written(frame), replay=True)
                     continue
-                self.writer.submit(frame, ids)
+                self.writer.submit(frame, prediction)
                 self.frames_done += 1
                 if on_progress is not None:
                     on_progress(self.frames_done, self.frames.frame_count)
@@ -517,9 +567,34 @@ class _Run:
                 self.writer.close()
             finally:
                 self._keep_state()
+                self._record_confidence()
 
-    def _written(self, frame: Frame) -> np.ndarray:
-        return read_label_map(self.masks_sink.path(frame.stem))
+    def _predict(self, frame: Frame, features: torch.Tensor) -> Prediction:
+        """Track one frame (a keyframe takes its mask) and score each object's confidence."""
+        mask = self.masks.get(frame.index)
+        if mask is not None:
+            ids = self.tracker.add_mask(mask, features)
+            confidence = keyframe_confidence(object_ids(ids))
+        else:
+            probs = self.tracker.propagate(features)
+            ids = self.tracker.decode(probs, frame.rgb)
+            confidence = object_confidence(probs, self.tracker.labels, ids, self.tracker.objects)
+        self.confidence.add(frame.index, confidence)
+        return Prediction(ids, confidence)
+
+    def _written(self, frame: Frame) -> Prediction:
+        """What the run wrote for ``frame`` before it stopped: its mask on disk and its recorded confidence."""
+        return Prediction(read_label_map(self.masks_sink.path(frame.stem)), self.confidence.at(frame.index))
+
+    def _record_confidence(self) -> None:
+        """Put each object's confidence per frame, and the sharp drops, in the record."""
+        self.record.confidence = self.confidence.as_record(self.frames_done)
+        self.record.low_confidence_frames = [
+            {"index": drop.index, "frame": self.frames.stem(drop.index), "object": drop.object_id,
+             "confidence": drop.confidence, "before": drop.before}
+            for drop in sharp_drops(self.confidence, self.masks.files)
+            if drop.index < self.frames_done
+        ]
 
     def _replay_written(self, done: int) -> None:
         """Feed the sinks that need it the masks of the frames before ``done`` (the state covers the tracker)."""
@@ -601,11 +676,13 @@ def benchmark_dataset(
     """Track every sequence of a DAVIS-layout dataset from its first annotation, then score them all.
 
     ``root`` holds ``JPEGImages/480p/<seq>`` and ``Annotations/480p/<seq>``.
-    Each sequence's results go to ``output/<seq>/``; a sequence whose
-    ``run.json`` says complete is not run again, an interrupted one is
-    resumed. The backbone is built once for all sequences. Writes
-    ``global_results.csv``, ``per-sequence_results.csv``, ``metrics.json``
-    and ``metrics.png`` to ``output``.
+    Each sequence's results go to ``output/<seq>/`` (tracked with its
+    ground truth, so scored, with an evaluated overlay unless
+    ``options.overlay`` says otherwise); a sequence whose ``run.json`` says
+    complete is not run again, an interrupted one is resumed. The backbone
+    is built once for all sequences. Writes ``global_results.csv``,
+    ``per-sequence_results.csv``, ``metrics.json``, ``metrics.png`` and
+    ``report.html`` to ``output``.
     """
     root, output = Path(root), Path(output)
     frames_root, annotations_root = root / "JPEGImages" / "480p", root / "Annotations" / "480p"
@@ -632,20 +709,23 @@ def benchmark_dataset(
         if not annotations:
             raise UsageError(f"{annotations_root / name} holds no PNG annotation to start {name} from.")
         status = RunRecord.read(run_dir).status if (run_dir / RUN_FILE).is_file() else None
+        sequence = None
         if status != "complete":
             backbone = backbone or load_backbone(options)
             result = track_video(
-                frames_root / name, annotations[0], run_dir, options, backbone=backbone, resume=status is not None,
-                on_progress=on_progress, stop=stop,
+                frames_root / name, annotations[0], run_dir, options, gt=annotations_root / name, backbone=backbone,
+                resume=status is not None, on_progress=on_progress, stop=stop,
             )
             if result.status != "complete":
                 raise DinotrackError(f"Tracking {name} stopped ({result.status}); run the same command again to resume.")
-        sequence = evaluate(run_dir / PngMasks.file, annotations_root / name)
+            sequence = result.metrics
+        sequence = sequence or evaluate(run_dir / PngMasks.file, annotations_root / name)
         report.objects += sequence.objects
         report.warnings += sequence.warnings
     write_csv(report, output / "global_results.csv", per_sequence=output / "per-sequence_results.csv")
     write_json(report, output / METRIC_FILES["json"])
     _write_plot_if_possible(report, output / METRIC_FILES["plot"])
+    write_report(output)
     return report
 
 

@@ -4,7 +4,8 @@
 rewritten last (``complete``, ``interrupted`` or ``failed``). Every reader of
 ``run.json`` (``--resume``, the batch runner, reports) goes through
 :meth:`RunRecord.read`, so the file's layout lives here alone. ``schema``
-counts layout changes; files written before it existed read as schema 0.
+counts layout changes; files written before it existed read as schema 0
+(schema 2 added ``confidence`` and ``low_confidence_frames``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dinotrack.files import atomic_write_json
 from dinotrack.structs import UsageError
 
 RUN_FILE = "run.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 Status = Literal["running", "complete", "interrupted", "failed"]
 SAME_RUN_FIELDS = ("source", "mask", "preset", "model", "weights")
 """What must not change between a run and its ``--resume`` (besides the settings that decide the masks)."""
@@ -40,8 +41,11 @@ class RunRecord:
     ``settings``: the :class:`~dinotrack.structs.TrackConfig` fields plus the
     runtime ones (batch size, workers, compile, device). ``weights``:
     ``{"source": ..., "sha256": ...}``. ``seconds``: per stage, summed over
-    frames, and ``total``. ``overlay``: ``{"codec", "frames"}`` when one was
-    written.
+    frames, and ``total``. ``overlay``: ``{"mode", "codec", "frames"}`` when one was
+    written. ``confidence``: ``{"<object id>": [value or None per frame]}``
+    (see :mod:`dinotrack.confidence`); ``low_confidence_frames``: the frames
+    where an object's confidence dropped sharply, each ``{"index", "frame"
+    (its name), "object", "confidence", "before"}``.
     """
 
     source: str
@@ -62,6 +66,8 @@ class RunRecord:
     overlay: dict[str, object] | None = None
     resumed_at: int | None = None
     error: str | None = None
+    confidence: dict[str, list[float | None]] | None = None
+    low_confidence_frames: list[dict[str, object]] | None = None
     schema: int = SCHEMA_VERSION
 
     def write(self, output: Path) -> None:

@@ -485,3 +485,8 @@ def _open_encoder(path: Path, fps: float, size: tuple[int, int], codec: Codec) -
             "Install the 'av' wheel from PyPI, or write mp4v video instead."
         )
     return _PyAVEncoder(path, fps, size) if codec == "h264" else _OpenCVEncoder(path, fps, size)
+
+
+def frame_order(names: Iterable[str]) -> list[str]:
+    """``names`` in the order a folder's frames are read (natural order: ``frame_2`` before ``frame_10``)."""
+    return sorted(names, key=_natural_key)

@@ -54,6 +54,11 @@ class Tracker:
     def started(self) -> bool:
         return bool(self.propagator.keyframes)
 
+    @property
+    def objects(self) -> list[int]:
+        """The object ids tracked now: every id given so far but those a later keyframe ended."""
+        return [label for label in self.labels[1:] if label not in self.retired]
+
     @torch.inference_mode()
     def add_mask(self, ids: np.ndarray, features: torch.Tensor) -> np.ndarray:
         """Make this frame a keyframe with the given ``[H, W] uint8`` label map.
