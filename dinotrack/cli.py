@@ -48,6 +48,14 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+class Overlay(str, Enum):
+    auto = "auto"
+    plain = "plain"
+    evaluated = "evaluated"
+    side_by_side = "side-by-side"
+    none = "none"
+
+
 Model = Annotated[str, typer.Option("--model", help="Backbone short name (see `dinotrack models`).")]
 Weights = Annotated[
     Optional[Path],
@@ -73,7 +81,23 @@ KeyframeBound = Annotated[
     Optional[int],
     typer.Option("--keyframe-bound", help="Later keyframes kept in the context besides the first (default 2)."),
 ]
-NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4.")]
+OverlayOpt = Annotated[
+    Overlay,
+    typer.Option(
+        "--overlay",
+        help="What overlay.mp4 shows: plain (prediction, area and confidence per object), evaluated (missed and "
+        "wrong pixels against the ground truth, J and F per frame), side-by-side (prediction | ground truth), "
+        "none. auto: evaluated with ground truth, else plain.",
+    ),
+]
+NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4 (same as --overlay none).")]
+
+
+def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:
+    """``--overlay``'s value, ``none`` with ``--no-overlay`` (which contradicts any other explicit choice)."""
+    if no_overlay and overlay not in (Overlay.auto, Overlay.none):
+        raise UsageError(f"--no-overlay and --overlay {overlay.value} contradict each other: choose one.")
+    return Overlay.none.value if no_overlay else overlay.value
 
 
 def _version(value: bool) -> None:
@@ -173,7 +197,8 @@ def track(
     batch_size: BatchSize = 1,
     workers: Workers = None,
     compile_model: Compile = False,
-    gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png.")] = None,
+    gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png and report.html.")] = None,
+    overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output from its last frame (same options).")] = False,
@@ -188,7 +213,7 @@ def track(
         options = RunOptions(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
-            batch_size=batch_size, workers=workers, compile=compile_model, overlay=not no_overlay,
+            batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
         )
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
@@ -196,6 +221,8 @@ def track(
                 on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
+        if gt is not None:
+            console.print(f"Wrote {output / 'report.html'}")
         if report.status == "interrupted":
             raise typer.Exit(INTERRUPTED)
 
@@ -301,6 +328,7 @@ def benchmark(
     batch_size: BatchSize = 1,
     workers: Workers = None,
     compile_model: Compile = False,
+    overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
     debug: Debug = False,
 ) -> None:
@@ -311,7 +339,7 @@ def benchmark(
         options = RunOptions(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
-            batch_size=batch_size, workers=workers, compile=compile_model, overlay=not no_overlay,
+            batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
         )
         names = [name.strip() for name in sequences.split(",") if name.strip()] if sequences else None
         with _stop_on_signals() as stop, _progress("Benchmark") as (on_progress, restart):
@@ -320,7 +348,22 @@ def benchmark(
                 on_progress=on_progress, stop=stop,
             )
         _print_eval_table(report)
-        console.print(f"Wrote {output / 'global_results.csv'} and {output / 'per-sequence_results.csv'}")
+        console.print(
+            f"Wrote {output / 'global_results.csv'}, {output / 'per-sequence_results.csv'} and {output / 'report.html'}"
+        )
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A `track` output (holding run.json) or a `benchmark`/`batch` output (runs in its sub-folders).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The HTML file to write. Default: DIR/report.html.")] = None,
+    debug: Debug = False,
+) -> None:
+    """Write one self-contained HTML page of the runs in DIR: scores, charts, overlay videos, worst frames."""
+    with _reported(debug):
+        from dinotrack.report import write_report
+
+        console.print(f"Wrote {write_report(directory, output)}")
 
 
 @app.command()
