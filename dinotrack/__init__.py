@@ -16,8 +16,8 @@ _PUBLIC = {
     "evaluate": "dinotrack.evaluation",
     "extract_features": "dinotrack.pipeline",
     "track_video": "dinotrack.pipeline",
-    "list_backbones": "dinotrack.backbone",
-    "create_backbone": "dinotrack.backbone",
+    "list_backbones": "dinotrack.backbones",
+    "create_backbone": "dinotrack.backbones",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dinotrack import __version__
-from dinotrack.backbone import create_backbone, resolve_device
+from dinotrack.backbones import create_backbone, resolve_device
 from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
 from dinotrack.masks import object_ids, read_label_map, write_label_map

@@ -48,7 +48,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dinotrack.backbone import Backbone, create_backbone  # noqa: E402
+from dinotrack.backbones import Backbone, create_backbone  # noqa: E402
 from dinotrack.features import FeatureExtractor, ThreadShare, default_workers, preprocess  # noqa: E402
 from dinotrack.masks import object_ids, read_label_map, write_label_map  # noqa: E402
 from dinotrack.propagate import LabelPropagator, labels_to_probs  # noqa: E402

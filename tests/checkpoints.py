@@ -19,7 +19,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from dinotrack.backbone import (
+from dinotrack.backbones import (
     LVD1689M_MEAN,
     LVD1689M_STD,
     BackboneSpec,

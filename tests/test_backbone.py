@@ -21,7 +21,7 @@ from checkpoints import (
 )
 from safetensors.torch import save_file
 
-from dinotrack.backbone import (
+from dinotrack.backbones import (
     Backbone,
     create_backbone,
     get_backbone_spec,
