@@ -238,6 +238,16 @@ def test_offline_hub_fails_fast_with_every_way_to_get_weights(offline_hub):
         assert hint in message
 
 
+def test_unreachable_hub_set_after_import_fails_fast(offline_hub, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: refused at once, no network needed
+    start = time.monotonic()
+    with pytest.raises(DinotrackError) as error:
+        create_backbone("vits16")
+    assert time.monotonic() - start < 3
+    assert "http://127.0.0.1:9 cannot be reached" in str(error.value) and str(offline_hub) in str(error.value)
+
+
 def test_hub_weights_come_from_the_cache_through_the_file_loader(offline_hub, tmp_path, images):
     repo = offline_hub / "models--dinotrack-test--tiny"
     snapshot = repo / "snapshots" / "abc123"

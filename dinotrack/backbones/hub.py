@@ -1,13 +1,23 @@
-"""Weights from the Hugging Face hub: the cached copy, else a download."""
+"""Weights from the Hugging Face hub, through huggingface_hub's own API.
+
+The cached copy comes first (``try_to_load_from_cache``, no network). Without
+one, ``hf_hub_download`` fetches the file, or with ``HF_HUB_OFFLINE`` set only
+looks in the cache (``local_files_only``). Before downloading, one metadata
+request without retries checks that the hub answers: ``hf_hub_download``
+retries a failed connection with back-off for about 25 s, and dinotrack must
+say within seconds that the weights cannot be had.
+
+huggingface_hub reads its settings (``HF_HOME``, ``HF_HUB_CACHE``,
+``HF_HUB_OFFLINE``, ``HF_ENDPOINT``) from the environment once, when it is first
+imported; :func:`_hub_settings` reads them again, with huggingface_hub's own
+code, so that a program or a test that sets them later is obeyed.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import urllib.request
+import importlib.util
 from pathlib import Path
-from urllib.parse import urlparse
+from types import ModuleType
 
 from dinotrack.backbones.checkpoints import first_sentence, meta_file_phrase
 from dinotrack.backbones.registry import BackboneSpec
@@ -26,69 +36,55 @@ def hub_weights_file(spec: BackboneSpec) -> Path:
         )
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    cache_dir = _hf_cache_dir()
+    settings = _hub_settings()
+    cache_dir = settings.HF_HUB_CACHE
     cached = try_to_load_from_cache(spec.hub_id, HUB_FILENAME, cache_dir=cache_dir)
     if isinstance(cached, str):
         return Path(cached)
-    if _hf_offline():
-        raise DinotrackError(_no_weights_message(spec, cache_dir, "HF_HUB_OFFLINE is set"))
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if not _reachable(endpoint):
-        raise DinotrackError(_no_weights_message(spec, cache_dir, f"{endpoint} cannot be reached"))
+    offline = settings.HF_HUB_OFFLINE
+    if not offline:
+        _check_hub_answers(spec, cache_dir, settings.ENDPOINT)
     try:
-        file = hf_hub_download(spec.hub_id, HUB_FILENAME, cache_dir=cache_dir, etag_timeout=HUB_TIMEOUT_S)
-    except OSError as error:  # huggingface_hub's HTTP and cache errors are OSErrors
-        reason = f"the download failed ({first_sentence(error)})"
+        file = hf_hub_download(
+            spec.hub_id, HUB_FILENAME, cache_dir=cache_dir, endpoint=settings.ENDPOINT,
+            etag_timeout=HUB_TIMEOUT_S, local_files_only=offline,
+        )
+    except OSError as error:  # huggingface_hub's cache and HTTP errors are OSErrors
+        reason = "HF_HUB_OFFLINE is set" if offline else f"the download failed ({first_sentence(error)})"
         raise DinotrackError(_no_weights_message(spec, cache_dir, reason)) from None
     return Path(file)
 
 
-def _hf_cache_dir() -> Path:
-    """The hub cache huggingface_hub uses, read from the environment now (it reads it at import)."""
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(variable):
-            return Path(os.path.expandvars(os.environ[variable])).expanduser()
-    default_home = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
-    return Path(os.path.expandvars(os.environ.get("HF_HOME", str(default_home)))).expanduser() / "hub"
+def _hub_settings() -> ModuleType:
+    """A fresh copy of ``huggingface_hub.constants``, computed from the environment as it is now.
 
-
-def _hf_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return constants.HF_HUB_OFFLINE or flag in {"1", "ON", "YES", "TRUE"}
-
-
-def _reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``url``'s host (or its proxy) opens within ``timeout`` seconds.
-
-    Runs in a daemon thread, so a hanging name lookup cannot hold the caller longer.
+    The module's own code runs again (it only reads environment variables), so
+    the cache folder, the offline flag and the endpoint follow huggingface_hub's
+    rules, not a copy of them; the imported module is left as it is.
     """
-    address = _connect_address(url)
-    opened: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(address, timeout=timeout).close()
-            opened.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
+    found = importlib.util.find_spec("huggingface_hub.constants")
+    settings = importlib.util.module_from_spec(found)
+    found.loader.exec_module(settings)
+    return settings
 
 
-def _connect_address(url: str) -> tuple[str, int]:
-    parsed = urlparse(url)
-    proxy = urllib.request.getproxies().get(parsed.scheme)
-    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
-        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    return parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+def _check_hub_answers(spec: BackboneSpec, cache_dir: str, endpoint: str) -> None:
+    """One metadata request for the spec's weights, without retries; a :class:`DinotrackError` when it fails."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(spec.hub_id, HUB_FILENAME, endpoint=endpoint), timeout=HUB_TIMEOUT_S)
+    except HfHubHTTPError as error:  # the hub answered: no such repository, gated, or down
+        reason = f"{endpoint} refused the request ({first_sentence(error)})"
+    except Exception as error:  # no answer: huggingface_hub passes on its HTTP client's own errors
+        reason = f"{endpoint} cannot be reached ({type(error).__name__}: {first_sentence(error)})"
+    else:
+        return
+    raise DinotrackError(_no_weights_message(spec, cache_dir, reason))
 
 
-def _no_weights_message(spec: BackboneSpec, cache_dir: Path, reason: str) -> str:
+def _no_weights_message(spec: BackboneSpec, cache_dir: str, reason: str) -> str:
     return (
         f"Cannot get the weights of {spec.name}: {reason}, and {spec.hub_id} is not in the Hugging Face "
         f"cache at {cache_dir}. Either pass --weights PATH with {meta_file_phrase(spec)} or a "
