@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -210,6 +212,25 @@ def test_weights_provenance(tmp_path):
     random = create_backbone("tiny", pretrained=False)
     assert (random.weights_source, random.weights_sha256) == ("random", None)
     assert isinstance(random, Backbone) and not random.training
+
+
+def test_weights_are_hashed_once_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    path = write_timm_checkpoint(tmp_path / "tiny.safetensors")
+    hashed = []
+
+    def counted_sha256():
+        hashed.append(path)
+        return hashlib.sha256()
+
+    monkeypatch.setattr("dinotrack.backbones.checkpoints.hashlib", SimpleNamespace(sha256=counted_sha256))
+    first = create_backbone("tiny", weights=path).weights_sha256
+    assert create_backbone("tiny", weights=tmp_path / "." / "tiny.safetensors").weights_sha256 == first
+    assert len(hashed) == 1
+    before = path.stat()
+    write_timm_checkpoint(path, seed=1)  # same size, other bytes
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    assert create_backbone("tiny", weights=path).weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest() != first
+    assert len(hashed) == 2
 
 
 def test_unknown_device_is_a_usage_error():

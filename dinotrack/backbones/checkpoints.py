@@ -21,6 +21,7 @@ timm and safetensors are imported only when a model is built.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import pickle
 import re
@@ -352,6 +353,15 @@ def set_rope_periods(model: torch.nn.Module, periods: torch.Tensor | None) -> No
 
 
 def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file's bytes, read once per process while its size and mtime stay the same,
+    so that building the same backbone again does not hash gigabytes again."""
+    stat = path.stat()
+    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """Hex sha256 of ``path``; ``size`` and ``mtime_ns`` only key the cache, so a changed file is read again."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
