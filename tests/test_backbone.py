@@ -12,15 +12,6 @@ from types import SimpleNamespace
 import pytest
 import timm
 import torch
-from checkpoints import (
-    TINY,
-    meta_state_dict,
-    random_timm_model,
-    register_tiny_backbone,
-    registered,
-    write_meta_checkpoint,
-    write_timm_checkpoint,
-)
 from safetensors.torch import save_file
 
 from dinotrack.backbones import (
@@ -31,6 +22,15 @@ from dinotrack.backbones import (
     register_backbone,
 )
 from dinotrack.structs import DinotrackError, UsageError
+from dinotrack.testing import (
+    TINY,
+    meta_state_dict,
+    random_timm_model,
+    register_tiny_backbone,
+    registered,
+    write_meta_checkpoint,
+    write_timm_checkpoint,
+)
 
 TINY_SWIGLU = dataclasses.replace(TINY, name="tiny-swiglu", timm_name="vit_small_plus_patch16_dinov3_qkvb")
 

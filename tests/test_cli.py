@@ -20,7 +20,7 @@ from conftest import SAMPLE
 from dinotrack.cli import app
 from dinotrack.masks import PALETTE, read_label_map
 from dinotrack.propagate import labels_to_probs
-from literal import probs_to_ids, propagate_literal
+from dinotrack.testing import probs_to_ids, propagate_literal
 
 runner = CliRunner()
 TINY = ["--model", "tiny", "--device", "cpu", "--short-side", "64"]

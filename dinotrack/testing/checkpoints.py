@@ -1,4 +1,4 @@
-"""Tiny random DINOv3 checkpoints in Meta's and timm's key layouts, for tests.
+"""Tiny random DINOv3 checkpoints in Meta's and timm's key layouts, for tests and benchmarks.
 
 ``register_tiny_backbone()`` adds the backbone "tiny" (64-dim, 2 blocks, 2 heads,
 on timm's vits16 architecture); ``write_meta_checkpoint`` and
@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import save_file
 
@@ -28,6 +27,7 @@ from dinotrack.backbones import (
     register_backbone,
     unregister_backbone,
 )
+from dinotrack.backbones.checkpoints import timm_model
 
 TINY = BackboneSpec(
     name="tiny",
@@ -77,8 +77,7 @@ def random_timm_model(spec_name: str = "tiny", seed: int = 0) -> torch.nn.Module
     Unlike timm's initialisation (zero q/v biases, layer scale 1e-5), every tensor
     matters to the output, so a weight lost in a conversion changes the features.
     """
-    spec = get_backbone_spec(spec_name)
-    model = timm.create_model(spec.timm_name, pretrained=False, **{"num_classes": 0, **spec.timm_kwargs})
+    model = timm_model(get_backbone_spec(spec_name))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for tensor in model.state_dict().values():
