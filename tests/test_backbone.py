@@ -74,6 +74,15 @@ def test_register_twice_raises():
         register_backbone(TINY)
 
 
+def test_spec_by_value_or_by_import_path_needs_no_registration(tmp_path, images):
+    unregistered = dataclasses.replace(TINY, name="tiny-unregistered")
+    path = write_timm_checkpoint(tmp_path / "tiny.safetensors", unregistered)
+    by_value = create_backbone(unregistered, weights=path)
+    assert by_value.spec is unregistered and unregistered not in list_backbones()
+    assert get_backbone_spec("dinotrack.testing:TINY") is TINY
+    assert torch.equal(create_backbone("dinotrack.testing:TINY", weights=path)(images), by_value(images))
+
+
 def test_unknown_model_lists_known_names_and_spots_paths():
     with pytest.raises(UsageError, match="vits16plus") as error:
         get_backbone_spec("vit_s16")

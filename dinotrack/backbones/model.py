@@ -68,20 +68,22 @@ class Backbone(torch.nn.Module):
 
 
 def create_backbone(
-    name: str,
+    model: str | BackboneSpec,
     *,
     weights: str | Path | None = None,
     pretrained: bool = True,
     device: str | torch.device = "cpu",
 ) -> Backbone:
-    """Build the registered backbone ``name`` in eval mode on ``device``.
+    """Build the backbone ``model`` in eval mode on ``device``.
 
+    ``model``: a registered name, a :class:`BackboneSpec`, or the import path
+    ``"package.module:ATTRIBUTE"`` of one (see :func:`get_backbone_spec`).
     ``weights``: a checkpoint file (Meta's original ``.pth`` or a timm-format
     ``.safetensors`` / ``.pth``); it takes precedence over ``pretrained``.
     Without it, ``pretrained=True`` takes the hub weights (from the HF cache
     when there, downloaded otherwise) and ``pretrained=False`` gives random weights.
     """
-    spec = get_backbone_spec(name)
+    spec = get_backbone_spec(model)
     target = resolve_device(device)
     if weights is not None:
         path = existing_file(weights, spec)
@@ -90,8 +92,8 @@ def create_backbone(
         path = hub_weights_file(spec)
         source = f"hub:{spec.hub_id}"
     else:
-        model = timm_model(spec)
-        set_rope_periods(model, None)
-        return Backbone(model.to(target), spec, weights_source="random", weights_sha256=None)
-    model = load_model(spec, path, target)
-    return Backbone(model, spec, weights_source=source, weights_sha256=file_sha256(path))
+        vit = timm_model(spec)
+        set_rope_periods(vit, None)
+        return Backbone(vit.to(target), spec, weights_source="random", weights_sha256=None)
+    vit = load_model(spec, path, target)
+    return Backbone(vit, spec, weights_source=source, weights_sha256=file_sha256(path))

@@ -2,11 +2,15 @@
 
 A :class:`BackboneSpec` is plain data: which timm architecture to build, where
 its published weights live and how to normalise its input. The registry maps
-names to specs; it starts with the DINOv3 family below.
+names to specs; it starts with the DINOv3 family below. Where a registration
+cannot reach (a subprocess, a Ray worker), pass the spec itself or its import
+path ``"package.module:ATTRIBUTE"`` instead of a name.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -100,7 +104,7 @@ def register_backbone(spec: BackboneSpec) -> None:
 
 def unregister_backbone(name: str) -> BackboneSpec:
     """Remove the backbone called ``name`` from the registry and return its spec."""
-    return _REGISTRY.pop(get_backbone_spec(name).name)
+    return _REGISTRY.pop(_registered(name).name)
 
 
 def list_backbones() -> list[BackboneSpec]:
@@ -108,12 +112,53 @@ def list_backbones() -> list[BackboneSpec]:
     return list(_REGISTRY.values())
 
 
-def get_backbone_spec(name: str) -> BackboneSpec:
-    """The spec registered as ``name``; a :class:`UsageError` lists the known names."""
+def get_backbone_spec(model: str | BackboneSpec) -> BackboneSpec:
+    """The spec that ``model`` stands for.
+
+    ``model`` is a registered name; or a :class:`BackboneSpec`, returned as it is;
+    or an import path ``"package.module:ATTRIBUTE"`` naming a spec, imported now.
+    The last two need no registration, so they work in a subprocess or a Ray
+    worker that never ran the caller's :func:`register_backbone`. Anything else
+    raises a :class:`UsageError` that says what to pass.
+    """
+    if isinstance(model, BackboneSpec):
+        return model
+    if _IMPORT_PATH.fullmatch(model):
+        return _imported_spec(model)
+    return _registered(model)
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _registered(name: str) -> BackboneSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UsageError(_unknown_model_message(name)) from None
+
+
+def _imported_spec(path: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` at ``package.module:ATTRIBUTE``."""
+    module_name, attribute = path.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(_import_path_message(path, f"Python cannot import {module_name} ({error})")) from None
+    if not hasattr(module, attribute):
+        raise UsageError(_import_path_message(path, f"the module {module_name} has no attribute {attribute}"))
+    spec = getattr(module, attribute)
+    if not isinstance(spec, BackboneSpec):
+        raise UsageError(_import_path_message(path, f"it is a {type(spec).__name__}, not a BackboneSpec"))
+    return spec
+
+
+def _import_path_message(path: str, problem: str) -> str:
+    return (
+        f"Cannot use the model {path!r}: {problem}. An import path package.module:ATTRIBUTE must name a "
+        "BackboneSpec in a module that Python can import here (installed, or on PYTHONPATH), as in "
+        "--model dinotrack.testing:TINY; or pass a registered name (see `dinotrack models`)."
+    )
 
 
 def _unknown_model_message(name: str) -> str:
@@ -123,4 +168,6 @@ def _unknown_model_message(name: str) -> str:
             f" {name!r} looks like a file: pass it with --weights {name} and choose its "
             "architecture with --model (for example --model vits16)."
         )
+    elif ":" in name:
+        message += " An import path of a BackboneSpec is written package.module:ATTRIBUTE."
     return message
