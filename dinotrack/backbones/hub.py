@@ -4,8 +4,8 @@ The cached copy comes first (``try_to_load_from_cache``, no network). Without
 one, ``hf_hub_download`` fetches the file, or with ``HF_HUB_OFFLINE`` set only
 looks in the cache (``local_files_only``). Before downloading, one metadata
 request without retries checks that the hub answers: ``hf_hub_download``
-retries a failed connection with back-off for about 25 s, and dinotrack must
-say within seconds that the weights cannot be had.
+retries a refused connection with back-off (23 s with huggingface_hub 2.4),
+and dinotrack must say within seconds that the weights cannot be had.
 
 huggingface_hub reads its settings (``HF_HOME``, ``HF_HUB_CACHE``,
 ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``) from the environment once, when it is first
