@@ -16,6 +16,7 @@ code, so that a program or a test that sets them later is obeyed.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -64,7 +65,9 @@ def _hub_settings() -> ModuleType:
     """
     found = importlib.util.find_spec("huggingface_hub.constants")
     settings = importlib.util.module_from_spec(found)
-    found.loader.exec_module(settings)
+    with warnings.catch_warnings():  # the imported module gave its warnings already
+        warnings.simplefilter("ignore")
+        found.loader.exec_module(settings)
     return settings
 
 
