@@ -16,6 +16,8 @@ _PUBLIC = {
     "evaluate": "dinotrack.evaluation",
     "extract_features": "dinotrack.pipeline",
     "track_video": "dinotrack.pipeline",
+    "load_backbone": "dinotrack.pipeline",
+    "RunOptions": "dinotrack.pipeline",
     "list_backbones": "dinotrack.backbones",
     "create_backbone": "dinotrack.backbones",
 }

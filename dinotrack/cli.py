@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dinotrack import __version__
-from dinotrack.structs import DinotrackError, UsageError, preset
+from dinotrack.structs import DinotrackError, UsageError
 
 # Idle OpenMP workers (PyTorch's CPU threads) spin for a long while before they
 # sleep. dinotrack runs decoding, writing and propagation beside the backbone, so
@@ -68,6 +68,10 @@ TopK = Annotated[Optional[int], typer.Option("--topk", help="Most similar contex
 Temperature = Annotated[Optional[float], typer.Option("--temperature", help="Softmax temperature (paper: 0.2).")]
 PresetOpt = Annotated[
     Preset, typer.Option("--preset", help="'paper' = exactly the published algorithm; 'default' = dinotrack's measured improvements.")
+]
+KeyframeBound = Annotated[
+    Optional[int],
+    typer.Option("--keyframe-bound", help="Later keyframes kept in the context besides the first (default 2)."),
 ]
 NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4.")]
 
@@ -162,6 +166,7 @@ def track(
     radius: Radius = None,
     topk: TopK = None,
     temperature: Temperature = None,
+    keyframe_bound: KeyframeBound = None,
     preset_name: PresetOpt = Preset.default,
     device: DeviceOpt = "auto",
     features: Annotated[Optional[Path], typer.Option("--features", help="Use this feature cache (from `dinotrack features`) instead of running the backbone.")] = None,
@@ -176,18 +181,19 @@ def track(
 ) -> None:
     """Track the objects of the first frame's mask through a video."""
     with _reported(debug):
-        from dinotrack.pipeline import track_video
+        from dinotrack.pipeline import RunOptions, track_video
 
         if overwrite and resume:
             raise UsageError("--overwrite and --resume contradict each other: choose one.")
-        config = preset(preset_name.value).replace(
-            short_side=short_side, context=context, radius=radius, topk=topk, temperature=temperature
+        options = RunOptions(
+            preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
+            temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
+            batch_size=batch_size, workers=workers, compile=compile_model, overlay=not no_overlay,
         )
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
-                source, mask, output, config=config, preset=preset_name.value, model=model, weights=weights,
-                device=device, features=features, batch_size=batch_size, workers=workers, compile=compile_model, write_overlay=not no_overlay,
-                gt=gt, overwrite=overwrite, resume=resume, on_progress=on_progress, stop=stop,
+                source, mask, output, options, gt=gt, features=features, overwrite=overwrite, resume=resume,
+                on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
         if report.status == "interrupted":
@@ -223,13 +229,14 @@ def features(
 ) -> None:
     """Write the dense features of every frame to a cache that `track --features` reuses."""
     with _reported(debug):
-        from dinotrack.pipeline import extract_features
+        from dinotrack.pipeline import RunOptions, extract_features
 
+        options = RunOptions(
+            short_side=short_side, model=model, weights=weights, device=device, batch_size=batch_size,
+            workers=workers, compile=compile_model,
+        )
         with _stop_on_signals() as stop, _progress("Features") as (on_progress, _):
-            done = extract_features(
-                source, output, model=model, weights=weights, short_side=480 if short_side is None else short_side,
-                device=device, batch_size=batch_size, workers=workers, compile=compile_model, on_progress=on_progress, stop=stop,
-            )
+            done = extract_features(source, output, options, on_progress=on_progress, stop=stop)
         console.print(f"Wrote the features of {done} frames to {output}")
         if stop.is_set():
             raise typer.Exit(INTERRUPTED)
@@ -288,6 +295,7 @@ def benchmark(
     radius: Radius = None,
     topk: TopK = None,
     temperature: Temperature = None,
+    keyframe_bound: KeyframeBound = None,
     preset_name: PresetOpt = Preset.default,
     device: DeviceOpt = "auto",
     batch_size: BatchSize = 1,
@@ -298,18 +306,18 @@ def benchmark(
 ) -> None:
     """Track every sequence of a DAVIS-layout dataset and score it (resumable)."""
     with _reported(debug):
-        from dinotrack.pipeline import benchmark_dataset
+        from dinotrack.pipeline import RunOptions, benchmark_dataset
 
-        config = preset(preset_name.value).replace(
-            short_side=short_side, context=context, radius=radius, topk=topk, temperature=temperature
+        options = RunOptions(
+            preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
+            temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
+            batch_size=batch_size, workers=workers, compile=compile_model, overlay=not no_overlay,
         )
         names = [name.strip() for name in sequences.split(",") if name.strip()] if sequences else None
         with _stop_on_signals() as stop, _progress("Benchmark") as (on_progress, restart):
             report = benchmark_dataset(
-                root, output, sequences=names, on_sequence=lambda name, i, n: restart(f"{name} ({i}/{n})"),
-                config=config, preset=preset_name.value, model=model, weights=weights, device=device,
-                batch_size=batch_size, workers=workers, compile=compile_model, write_overlay=not no_overlay, on_progress=on_progress,
-                stop=stop,
+                root, output, options, sequences=names, on_sequence=lambda name, i, n: restart(f"{name} ({i}/{n})"),
+                on_progress=on_progress, stop=stop,
             )
         _print_eval_table(report)
         console.print(f"Wrote {output / 'global_results.csv'} and {output / 'per-sequence_results.csv'}")

@@ -23,7 +23,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from dinotrack import metrics
+from dinotrack.files import atomic_write, atomic_write_text
 from dinotrack.masks import object_ids, read_label_map
 from dinotrack.structs import DinotrackError, UsageError
 
@@ -196,7 +197,8 @@ def report_rows(report: EvalReport) -> list[dict[str, object]]:
 
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:
     """Write :meth:`EvalReport.to_dict` as indented JSON, atomically."""
-    _write_text(Path(path), json.dumps(report.to_dict(), indent=2) + "\n")
+    _writable(path)
+    atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def write_csv(
@@ -216,15 +218,22 @@ def write_csv(
     object_rows = [["Sequence", "J-Mean", "F-Mean"]] + [
         [f"{o.sequence}_{o.object_id}", o.scores.j_mean, o.scores.f_mean] for o in report.objects
     ]
-    _write_text(path, _csv_text(global_rows))
-    _write_text(per_object, _csv_text(object_rows))
+    for target, rows in ((path, global_rows), (per_object, object_rows)):
+        _writable(target)
+        atomic_write_text(target, _csv_text(rows))
     return path, per_object
 
 
 def write_plot(report: EvalReport, path: str | os.PathLike) -> None:
     """Write one PNG with J and F per frame for each object (a grid of small plots), atomically."""
     figure = _plot_figure(report)
-    _write_atomically(Path(path), lambda target: figure.savefig(target, format="png", dpi=100))
+    _writable(path)
+    atomic_write(path, lambda target: figure.savefig(target, format="png", dpi=100))
+
+
+def _writable(path: str | os.PathLike) -> None:
+    """Create the folder of an output file the user named."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _evaluate_sequence(
@@ -381,7 +390,7 @@ def _plot_figure(report: EvalReport) -> Figure:
         from matplotlib.figure import Figure
     except ImportError:
         raise DinotrackError(
-            'Plotting needs matplotlib, which is not installed: pip install "dinotrack[plot]".'
+            'Plotting needs matplotlib, a dependency of dinotrack that is missing here: pip install matplotlib.'
         ) from None
     columns = min(4, len(report.objects))
     rows = -(-len(report.objects) // columns)
@@ -400,21 +409,6 @@ def _plot_figure(report: EvalReport) -> Figure:
 def _frame_axis(frames: Sequence[str]) -> list[int]:
     """Frame numbers from names like ``00042``, else positions."""
     return [int(n) for n in frames] if all(n.isdigit() for n in frames) else list(range(len(frames)))
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.part")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def _csv_text(rows: list[list[object]]) -> str:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dinotrack.backbones import Backbone
+from dinotrack.files import atomic_write, atomic_write_json
 from dinotrack.sources import Frame
 from dinotrack.structs import DinotrackError, UsageError, check_short_side
 
@@ -276,11 +277,8 @@ class FeatureCacheWriter:
 
     def write(self, stem: str, features: torch.Tensor) -> None:
         """Store ``[h, w, D]`` features as float16."""
-        target = self.path / f"{stem}.npy"
-        temporary = self.path / f".{stem}.npy.part"
-        with open(temporary, "wb") as handle:
-            np.save(handle, features.to("cpu", torch.float16).numpy())
-        os.replace(temporary, target)
+        array = features.to("cpu", torch.float16).numpy()
+        atomic_write(self.path / f"{stem}.npy", lambda temporary: _save_npy(temporary, array))
         self.frames_written += 1
 
     def close(self, *, complete: bool) -> None:
@@ -288,6 +286,9 @@ class FeatureCacheWriter:
         self._write_meta()
 
     def _write_meta(self) -> None:
-        temporary = self.path / ".meta.json.part"
-        temporary.write_text(json.dumps(self.meta, indent=2))
-        os.replace(temporary, self.path / "meta.json")
+        atomic_write_json(self.path / "meta.json", self.meta)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle, so np.save does not append ".npy" to the name
+        np.save(handle, array)

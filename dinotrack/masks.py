@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dinotrack.files import atomic_write
 from dinotrack.structs import UsageError
 
 MAX_ID = 254
@@ -122,9 +123,7 @@ def write_label_map(path: str | os.PathLike, ids: np.ndarray) -> None:
     path = Path(path)
     image = Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8), mode="P")
     image.putpalette(PALETTE.tobytes())
-    temporary = path.with_name(f".{path.name}.part")
-    image.save(temporary, format="PNG")
-    os.replace(temporary, path)
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def object_ids(ids: np.ndarray) -> list[int]:

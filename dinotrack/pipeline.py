@@ -1,62 +1,139 @@
 """Whole jobs over files: track a video, write a feature cache, evaluate.
 
-The only module that writes results. Everything streams: frames are decoded
-in a background thread, features computed in small batches, masks and
-overlay frames written off the main thread, so memory stays flat however
+The only module that writes a run's results. Everything streams: frames are
+decoded in a background thread, features computed in small batches, masks
+and overlay frames written off the main thread, so memory stays flat however
 long the video is.
+
+A job takes its settings as one :class:`RunOptions` and, optionally, an
+already-built backbone, so that one loaded model can serve many videos:
+
+    options = RunOptions(preset="default", model="vits16", weights="dinov3_vits16....pth")
+    backbone = load_backbone(options)
+    for video, mask in jobs:
+        track_video(video, mask, f"runs/{Path(video).stem}", options, backbone=backbone)
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
-import platform
 import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 
-from dinotrack import __version__
-from dinotrack.backbones import create_backbone, resolve_device
+from dinotrack.backbones import Backbone, create_backbone, resolve_device
 from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
-from dinotrack.masks import object_ids, read_label_map, write_label_map
-from dinotrack.render import overlay
-from dinotrack.sources import Frame, FrameSource, VideoWriter, open_source, prefetch
-from dinotrack.structs import DinotrackError, TrackConfig, UsageError
+from dinotrack.files import atomic_write
+from dinotrack.masks import object_ids, read_label_map
+from dinotrack.records import RUN_FILE, RunRecord, library_versions
+from dinotrack.sinks import SINK_TYPES, MaskSink, OverlayVideo, PngMasks
+from dinotrack.sources import Frame, FrameSource, open_source, prefetch
+from dinotrack.structs import DinotrackError, TrackConfig, UsageError, preset
 from dinotrack.tracker import Tracker
+
+if TYPE_CHECKING:
+    from dinotrack.backbones import BackboneSpec
 
 log = logging.getLogger("dinotrack")
 
 Progress = Callable[[int, "int | None"], None]
-RESULT_FILES = ("run.json", "masks", "overlay.mp4", "metrics.json", "metrics.csv", "metrics.png", "state.pt")
+STATE_FILE = "state.pt"
+METRIC_FILES = {"json": "metrics.json", "csv": "metrics.csv", "plot": "metrics.png"}
+RESULT_FILES = (RUN_FILE, STATE_FILE, *(sink.file for sink in SINK_TYPES), *METRIC_FILES.values())
+"""Everything a run may leave in its folder: another run's results are recognised by these."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a job runs, the same for every video of a batch (picklable).
+
+    ``preset`` names the :data:`~dinotrack.structs.PRESETS` entry; the
+    propagation settings left ``None`` take the preset's values, and
+    :attr:`config` derives the one :class:`TrackConfig` that both runs and
+    is recorded. ``model``: a registered name or a ``BackboneSpec``;
+    ``weights``: a checkpoint file (``None``: the hub weights). ``batch_size``,
+    ``workers``, ``compile``: see :class:`~dinotrack.features.FeatureExtractor`.
+    ``overlay``: write ``overlay.mp4``. ``tweaks``: any other
+    :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
+    experiments; the record's ``settings`` show the result.
+    """
+
+    preset: str = "default"
+    short_side: int | None = None
+    context: int | None = None
+    radius: float | None = None
+    topk: int | None = None
+    temperature: float | None = None
+    keyframe_bound: int | None = None
+    model: str | BackboneSpec = "vits16"
+    weights: str | os.PathLike | None = None
+    device: str = "auto"
+    batch_size: int = 1
+    workers: int | None = None
+    compile: bool = False
+    overlay: bool = True
+    tweaks: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config  # noqa: B018 - raises a UsageError for an unknown preset or a bad setting
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be at least 1 (got {self.workers}).")
+
+    @property
+    def config(self) -> TrackConfig:
+        """The preset's settings with this run's overrides."""
+        named = {
+            "short_side": self.short_side, "context": self.context, "radius": self.radius, "topk": self.topk,
+            "temperature": self.temperature, "keyframe_bound": self.keyframe_bound,
+        }
+        return preset(self.preset).replace(**{**named, **self.tweaks})
+
+    def replace(self, **changes: object) -> RunOptions:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
 class RunReport:
-    """What a finished (or stopped) run did; also written to ``run.json``."""
+    """What a finished (or stopped) run did: its record (as in ``run.json``) and its scores."""
 
     output: Path
-    status: str
-    frames_done: int
-    frames_total: int | None
-    seconds: dict[str, float] = field(default_factory=dict)
+    record: RunRecord
     metrics: EvalReport | None = None
 
     @property
+    def status(self) -> str:
+        return self.record.status
+
+    @property
+    def frames_done(self) -> int:
+        return self.record.frames_done
+
+    @property
+    def frames_total(self) -> int | None:
+        return self.record.frames_total
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return self.record.seconds
+
+    @property
     def fps(self) -> float:
-        total = self.seconds.get("total", 0.0)
-        return self.frames_done / total if total > 0 else 0.0
+        return self.record.fps
 
 
 class _Stopwatch:
@@ -81,45 +158,53 @@ class _Stopwatch:
         with self._lock:
             self.seconds[stage] += seconds
 
+    def rounded(self) -> dict[str, float]:
+        return {stage: round(value, 4) for stage, value in self.seconds.items()}
 
-class _MaskWriter:
-    """Writes label maps as palette PNGs (and overlay frames) on a worker thread.
+
+class _SinkWriter:
+    """Hands each frame's label map to every sink on a worker thread.
 
     At most ``depth`` frames wait; errors surface on the next call.
     """
 
-    def __init__(self, masks_dir: Path, overlay_writer: VideoWriter | None, stopwatch: _Stopwatch, depth: int = 8) -> None:
-        self.masks_dir = masks_dir
-        self.overlay_writer = overlay_writer
+    def __init__(self, sinks: list[MaskSink], stopwatch: _Stopwatch, depth: int = 8) -> None:
+        self.sinks = sinks
         self.stopwatch = stopwatch
         self.depth = depth
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinotrack-writer")
         self._pending: list[Future] = []
 
-    def submit(self, frame: Frame, ids: np.ndarray, *, overlay_only: bool = False) -> None:
-        self._pending.append(self._pool.submit(self._write, frame, ids, overlay_only))
+    def submit(self, frame: Frame, ids: np.ndarray, *, replay: bool = False) -> None:
+        """Queue a frame for every sink (with ``replay``: only the sinks that need the frames before a resume)."""
+        sinks = [sink for sink in self.sinks if sink.replays or not replay]
+        self._pending.append(self._pool.submit(self._write, sinks, frame, ids))
         while len(self._pending) > self.depth:
             self._pending.pop(0).result()
 
-    def _write(self, frame: Frame, ids: np.ndarray, overlay_only: bool) -> None:
-        start = time.perf_counter()
-        if not overlay_only:
-            write_label_map(self.masks_dir / f"{frame.stem}.png", ids)
-        self.stopwatch.add("write_masks", time.perf_counter() - start)
-        if self.overlay_writer is not None:
+    def _write(self, sinks: list[MaskSink], frame: Frame, ids: np.ndarray) -> None:
+        for sink in sinks:
             start = time.perf_counter()
-            self.overlay_writer.write(overlay(frame.rgb, ids))
-            self.stopwatch.add("overlay", time.perf_counter() - start)
+            sink.write(frame, ids)
+            self.stopwatch.add(sink.stage, time.perf_counter() - start)
 
     def close(self) -> None:
-        """Wait for every queued frame, then close the overlay video."""
+        """Wait for every queued frame, then close every sink (all of them, even after an error)."""
         try:
             for future in self._pending:
                 future.result()
         finally:
             self._pool.shutdown(wait=True)
-            if self.overlay_writer is not None:
-                self.overlay_writer.close()
+            _close_all(self.sinks)
+
+
+def _close_all(sinks: list[MaskSink]) -> None:
+    if not sinks:
+        return
+    try:
+        sinks[0].close()
+    finally:
+        _close_all(sinks[1:])
 
 
 class Keyframes:
@@ -139,11 +224,10 @@ class Keyframes:
                 "Give a mask in which each object to track has its own non-zero id."
             )
 
-    def __contains__(self, index: int) -> bool:
-        return index in self.files
-
-    def read(self, index: int) -> np.ndarray:
-        """``[H, W] uint8`` ids of frame ``index``'s mask, at the frame size."""
+    def get(self, index: int) -> np.ndarray | None:
+        """``[H, W] uint8`` ids of frame ``index``'s mask at the frame size; ``None`` if it has none."""
+        if index not in self.files:
+            return None
         return self._first if index == 0 else read_keyframe(self.files[index], self.frame_size)
 
 
@@ -192,46 +276,42 @@ def read_keyframe(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def prepare_output(output: Path, *, overwrite: bool, resume: bool) -> None:
-    """Create ``output``; refuse to mix with another run's results unless told to."""
+def check_output(output: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse an output that is a file, or that holds another run's results unless told what to do with them.
+
+    Creates nothing, so it can run before the model loads.
+    """
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
-    previous = [name for name in RESULT_FILES if (output / name).exists()]
+    previous = _previous_results(output)
     if previous and not (overwrite or resume):
         raise UsageError(
             f"--output {output} already holds results of another run ({', '.join(previous)}). "
             "Choose a new folder, pass --overwrite to replace them, or --resume to continue that run."
         )
+
+
+def prepare_output(output: Path, *, overwrite: bool) -> None:
+    """Create ``output`` (removing an earlier run's results with ``overwrite``) and check it is writable."""
     if overwrite:
-        for name in previous:
+        for name in _previous_results(output):
             target = output / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     try:
-        (output / "masks").mkdir(parents=True, exist_ok=True)
-        probe = output / ".dinotrack-write-test"
-        probe.write_text("")
-        probe.unlink()
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write(output / ".dinotrack-write-test", lambda temporary: temporary.write_text(""))
+        (output / ".dinotrack-write-test").unlink()
     except OSError as error:
         raise DinotrackError(f"Cannot write to --output {output} ({error.strerror}). Choose a folder you can write to.") from None
 
 
-def _versions() -> dict[str, str]:
-    import timm
-
-    return {
-        "dinotrack": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-    }
+def _previous_results(output: Path) -> list[str]:
+    return [name for name in RESULT_FILES if (output / name).exists()]
 
 
-def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(temporary, path)
+def load_backbone(options: RunOptions) -> Backbone:
+    """The backbone ``options`` name, built once on its device; pass it to many :func:`track_video` calls."""
+    return create_backbone(options.model, weights=options.weights, device=resolve_device(options.device))
 
 
 def _check_frame_size(source: FrameSource, patch_size: int) -> None:
@@ -243,22 +323,71 @@ def _check_frame_size(source: FrameSource, patch_size: int) -> None:
         )
 
 
+@dataclass
+class _FeatureStream:
+    """Where a run's features come from (a backbone or a cache) and what to record about it."""
+
+    pairs_from: Callable[[int], Iterator[tuple[Frame, torch.Tensor]]]
+    device: torch.device
+    model: str
+    weights: dict[str, object]
+    settings: dict[str, object] = field(default_factory=dict)
+
+
+def make_extractor(frames: FrameSource, backbone: Backbone, options: RunOptions, short_side: int) -> FeatureExtractor:
+    """The feature extractor for ``frames`` on ``backbone``'s device, batched as ``options`` say."""
+    _check_frame_size(frames, backbone.patch_size)
+    return FeatureExtractor(
+        backbone, short_side=short_side, device=backbone.device, batch_size=options.batch_size,
+        workers=options.workers, compile=options.compile,
+    )
+
+
+def _extractor_stream(
+    frames: FrameSource, backbone: Backbone, options: RunOptions, config: TrackConfig, stopwatch: _Stopwatch
+) -> _FeatureStream:
+    extractor = make_extractor(frames, backbone, options, config.short_side)
+
+    def pairs_from(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
+        return extractor(stopwatch.timed("decode", prefetch(frames.frames(index))))
+
+    return _FeatureStream(
+        pairs_from, backbone.device, backbone.spec.name, {"source": backbone.weights_source, "sha256": backbone.weights_sha256},
+        {"batch_size": options.batch_size, "workers": extractor.workers, "compile": options.compile,
+         "device": str(backbone.device)},
+    )
+
+
+def _cache_stream(frames: FrameSource, cache: FeatureCache, device: torch.device, stopwatch: _Stopwatch) -> _FeatureStream:
+    def pairs_from(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
+        return cache.features(stopwatch.timed("decode", prefetch(frames.frames(index))), device)
+
+    return _FeatureStream(
+        pairs_from, device, cache.meta["model"], {"source": f"features:{cache.path.resolve()}", "sha256": None},
+        {"device": str(device)},
+    )
+
+
+def _cache_config(cache: FeatureCache, options: RunOptions) -> TrackConfig:
+    """The run's settings with the short side the cache was made at (the one that applies)."""
+    made_at = cache.meta["short_side"]
+    if options.short_side is not None and options.short_side != made_at:
+        log.warning(
+            "The feature cache was made at --short-side %s; using it as it is (--short-side %s does not apply).",
+            made_at, options.short_side,
+        )
+    return options.config.replace(short_side=made_at)
+
+
 def track_video(
     source: str | os.PathLike,
     mask: str | os.PathLike,
     output: str | os.PathLike,
+    options: RunOptions = RunOptions(),
     *,
-    config: TrackConfig = TrackConfig(),
-    preset: str = "default",
-    model: str = "vits16",
-    weights: str | os.PathLike | None = None,
-    device: str = "auto",
-    features: str | os.PathLike | None = None,
-    batch_size: int = 1,
-    workers: int | None = None,
-    compile: bool = False,
-    write_overlay: bool = True,
     gt: str | os.PathLike | None = None,
+    features: str | os.PathLike | None = None,
+    backbone: Backbone | None = None,
     overwrite: bool = False,
     resume: bool = False,
     on_progress: Progress | None = None,
@@ -268,194 +397,157 @@ def track_video(
 
     ``mask``: the first frame's label map (PNG) or a folder of keyframe masks.
     ``features``: a feature cache folder to use instead of running the backbone.
-    ``batch_size``, ``workers``, ``compile``: see :class:`~dinotrack.features.FeatureExtractor`.
-    ``stop``: when set, the run finishes the frame in hand, saves its state
-    and ends with status ``interrupted``. ``resume``: continue such a run
-    (or a failed one) from its last written frame, with the same masks as an
-    uninterrupted run. Returns the :class:`RunReport`.
+    ``backbone``: an already-built backbone (see :func:`load_backbone`);
+    without one, ``options`` name the backbone, built here. ``stop``: when set,
+    the run finishes the frame in hand, saves its state and ends with status
+    ``interrupted``. ``resume``: continue such a run (or a failed or killed
+    one) from its last written frame, with the same masks as an
+    uninterrupted run. Every input is checked before ``output`` is created.
     """
     started = time.perf_counter()
     output = Path(output)
     frames = open_source(source)
-    torch_device = resolve_device(device)
     cache = open_feature_cache(features) if features is not None else None
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
     masks = Keyframes(Path(mask), frames)
-    previous = _previous_run(output) if resume else None
-    if previous is not None and previous["status"] == "complete":
+    check_output(output, overwrite=overwrite, resume=resume)
+    previous = RunRecord.read(output) if resume else None
+    if previous is not None and previous.status == "complete":
         log.info("%s already holds a complete run; nothing to resume.", output)
-        return RunReport(output, "complete", previous["frames_done"], previous["frames_total"], previous.get("seconds", {}))
+        return RunReport(output, previous)
     stopwatch = _Stopwatch()
-    pairs_from, provenance = _feature_stream(
-        frames, cache, model=model, weights=weights, device=torch_device, short_side=config.short_side,
-        batch_size=batch_size, workers=workers, compile=compile, stopwatch=stopwatch,
+    config = _cache_config(cache, options) if cache is not None else options.config
+    stream = _feature_stream(frames, cache, backbone, options, config, stopwatch)
+    record = RunRecord(
+        source=str(Path(source).resolve()), mask=str(Path(mask).resolve()), preset=options.preset,
+        settings={**config.as_dict(), **stream.settings}, model=stream.model, weights=stream.weights,
+        frames_total=frames.frame_count, keyframes=sorted(masks.files), versions=library_versions(),
     )
-    prepare_output(output, overwrite=overwrite, resume=resume)
-    run = {
-        "status": "running",
-        "frames_done": 0,
-        "frames_total": frames.frame_count,
-        "source": str(Path(source).resolve()),
-        "mask": str(Path(mask).resolve()),
-        "keyframes": sorted(masks.files),
-        "preset": preset,
-        "settings": {
-            **config.as_dict(), "batch_size": batch_size, "workers": workers, "compile": compile, "device": str(torch_device)
-        },
-        **provenance,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
-    tracker = Tracker(config)
     done = 0
     if previous is not None:
-        _check_same_run(previous, run, output)
-        done = _leading_masks(output / "masks", frames)
-        run["resumed_at"] = done
-    _write_json(output / "run.json", run)
-
-    overlay_writer = VideoWriter(output / "overlay.mp4", frames.fps, frames.size) if write_overlay else None
-    writer = _MaskWriter(output / "masks", overlay_writer, stopwatch)
-    report = RunReport(output, "running", done, frames.frame_count)
+        _check_same_run(record, previous, output)
+        done = _leading_masks(output / PngMasks.file, frames)
+        record.resumed_at = done
+    prepare_output(output, overwrite=overwrite)
+    record.write(output)
+    run = _Run(output, frames, masks, Tracker(config), record, stopwatch, options.overlay)
     try:
-        resumed = _restore_state(tracker, output, done, torch_device)
-        if overlay_writer is not None and resumed:
-            for frame in frames.frames(0):
-                if frame.index >= done:
-                    break
-                writer.submit(frame, read_label_map(output / "masks" / f"{frame.stem}.png"), overlay_only=True)
-        for frame, frame_features in stopwatch.timed("features", pairs_from(done if resumed else 0)):
-            start = time.perf_counter()
-            if frame.index in masks:
-                ids = tracker.add_mask(masks.read(frame.index), frame_features)
-            else:
-                ids = tracker.step(frame.rgb, frame_features)
-            stopwatch.add("propagate", time.perf_counter() - start)
-            if frame.index < done:  # replaying the frames before a resume
-                if overlay_writer is not None:
-                    writer.submit(frame, read_label_map(output / "masks" / f"{frame.stem}.png"), overlay_only=True)
-                continue
-            writer.submit(frame, ids)
-            report.frames_done += 1
-            if on_progress is not None:
-                on_progress(report.frames_done, frames.frame_count)
-            if stop is not None and stop.is_set():
-                report.status = "interrupted"
-                break
-        else:
-            report.status = "complete"
-    except BaseException as error:
-        report.status = "failed"
-        run["error"] = str(error) or type(error).__name__
-        raise
+        run.go(stream, done, on_progress, stop)
     finally:
-        try:
-            writer.close()
-        finally:
-            _finish_run(run, report, output, overlay_writer, stopwatch, started, tracker, gt)
-    return report
+        stopwatch.add("total", time.perf_counter() - started)
+        record.finish(run.status, run.frames_done, stopwatch.rounded())
+        record.write(output)
+    metrics = _evaluate_run(output, Path(gt)) if record.status == "complete" and gt is not None else None
+    return RunReport(output, record, metrics)
 
 
 def _feature_stream(
     frames: FrameSource,
     cache: FeatureCache | None,
-    *,
-    model: str,
-    weights: str | os.PathLike | None,
-    device: torch.device,
-    short_side: int,
-    batch_size: int,
-    workers: int | None,
-    compile: bool,
+    backbone: Backbone | None,
+    options: RunOptions,
+    config: TrackConfig,
     stopwatch: _Stopwatch,
-) -> tuple[Callable[[int], Iterator[tuple[Frame, torch.Tensor]]], dict]:
-    """Where features come from: the cache, or the backbone (loaded now, before any output exists).
-
-    Returns ``pairs_from(index)``, which yields ``(frame, [h, w, D] features)``
-    from frame ``index`` on, and the model and weights provenance for ``run.json``.
-    """
+) -> _FeatureStream:
+    """The cache's features, or the backbone's (built now, before any output exists, if not given)."""
     if cache is not None:
-        if cache.meta["short_side"] != short_side:
-            log.warning(
-                "The feature cache was made at --short-side %s; using it as it is (--short-side %s does not apply).",
-                cache.meta["short_side"], short_side,
-            )
-        provenance = {"model": cache.meta["model"], "weights": {"source": f"features:{cache.path.resolve()}", "sha256": None}}
-
-        def from_cache(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
-            return cache.features(stopwatch.timed("decode", prefetch(frames.frames(index))), device)
-
-        return from_cache, provenance
-    start = time.perf_counter()
-    backbone = create_backbone(model, weights=weights, device=device)
-    stopwatch.add("load_model", time.perf_counter() - start)
-    _check_frame_size(frames, backbone.patch_size)
-    extractor = FeatureExtractor(
-        backbone, short_side=short_side, device=device, batch_size=batch_size, workers=workers, compile=compile
-    )
-    provenance = {"model": model, "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256}}
-
-    def from_backbone(index: int) -> Iterator[tuple[Frame, torch.Tensor]]:
-        return extractor(stopwatch.timed("decode", prefetch(frames.frames(index))))
-
-    return from_backbone, provenance
+        return _cache_stream(frames, cache, backbone.device if backbone else resolve_device(options.device), stopwatch)
+    if backbone is None:
+        start = time.perf_counter()
+        backbone = load_backbone(options)
+        stopwatch.add("load_model", time.perf_counter() - start)
+    return _extractor_stream(frames, backbone, options, config, stopwatch)
 
 
-def _finish_run(
-    run: dict,
-    report: RunReport,
-    output: Path,
-    overlay_writer: VideoWriter | None,
-    stopwatch: _Stopwatch,
-    started: float,
-    tracker: Tracker,
-    gt: str | os.PathLike | None,
-) -> None:
-    """Save the state of a stopped run, evaluate a complete one, and write ``run.json`` last."""
-    state_file = output / "state.pt"
-    if report.status == "interrupted":
-        _save_state(tracker, report.frames_done, state_file)
-    elif state_file.exists():
-        state_file.unlink()
-    if overlay_writer is not None:
-        run["overlay"] = {"codec": overlay_writer.codec, "frames": overlay_writer.frames_written}
-    stopwatch.add("total", time.perf_counter() - started)
-    report.seconds = {stage: round(value, 4) for stage, value in stopwatch.seconds.items()}
-    if report.status == "complete" and gt is not None:
-        report.metrics = _evaluate_run(output, Path(gt))
-    run.update(
-        status=report.status,
-        frames_done=report.frames_done,
-        seconds=report.seconds,
-        fps=round(report.fps, 3),
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    _write_json(output / "run.json", run)
+class _Run:
+    """One run's frame loop: features in, tracker, sinks out; the state saved when it stops early."""
+
+    def __init__(
+        self, output: Path, frames: FrameSource, masks: Keyframes, tracker: Tracker, record: RunRecord,
+        stopwatch: _Stopwatch, write_overlay: bool,
+    ) -> None:
+        self.output = output
+        self.frames = frames
+        self.masks = masks
+        self.tracker = tracker
+        self.record = record
+        self.stopwatch = stopwatch
+        self.masks_sink = PngMasks(output)
+        self.overlay = OverlayVideo(output, frames.fps, frames.size) if write_overlay else None
+        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], stopwatch)
+        self.status = "running"
+        self.frames_done = 0
+
+    def go(
+        self,
+        stream: _FeatureStream,
+        done: int,
+        on_progress: Progress | None,
+        stop: threading.Event | None,
+    ) -> None:
+        """Track from frame ``done`` on (restoring the saved state, or replaying the frames before it)."""
+        self.frames_done = done
+        try:
+            resumed = _restore_state(self.tracker, self.output, done, stream.device)
+            if resumed:
+                self._replay_written(done)
+            for frame, frame_features in self.stopwatch.timed("features", stream.pairs_from(done if resumed else 0)):
+                start = time.perf_counter()
+                ids = self.tracker.process(frame.rgb, frame_features, self.masks.get(frame.index))
+                self.stopwatch.add("propagate", time.perf_counter() - start)
+                if frame.index < done:  # replaying the frames before a resume
+                    self.writer.submit(frame, self._written(frame), replay=True)
+                    continue
+                self.writer.submit(frame, ids)
+                self.frames_done += 1
+                if on_progress is not None:
+                    on_progress(self.frames_done, self.frames.frame_count)
+                if stop is not None and stop.is_set():
+                    self.status = "interrupted"
+                    break
+            else:
+                self.status = "complete"
+        except BaseException as error:
+            self.status = "failed"
+            self.record.error = str(error) or type(error).__name__
+            raise
+        finally:
+            try:
+                self.writer.close()
+            finally:
+                self._keep_state()
+
+    def _written(self, frame: Frame) -> np.ndarray:
+        return read_label_map(self.masks_sink.path(frame.stem))
+
+    def _replay_written(self, done: int) -> None:
+        """Feed the sinks that need it the masks of the frames before ``done`` (the state covers the tracker)."""
+        if not any(sink.replays for sink in self.writer.sinks):
+            return
+        for frame in self.frames.frames(0):
+            if frame.index >= done:
+                break
+            self.writer.submit(frame, self._written(frame), replay=True)
+
+    def _keep_state(self) -> None:
+        """Save the context of an interrupted run for ``--resume``; drop a stale one otherwise."""
+        if self.overlay is not None:
+            self.record.overlay = self.overlay.describe()
+        state_file = self.output / STATE_FILE
+        if self.status == "interrupted":
+            state = {"frames_done": self.frames_done, **self.tracker.state_dict()}
+            atomic_write(state_file, lambda temporary: torch.save(state, temporary))
+        else:
+            state_file.unlink(missing_ok=True)
 
 
-def _previous_run(output: Path) -> dict:
-    run_file = output / "run.json"
-    try:
-        previous = json.loads(run_file.read_text())
-    except (OSError, ValueError):
-        raise UsageError(
-            f"--resume: {output} holds no readable run.json, so there is no run to continue. "
-            "Run without --resume to start one."
-        ) from None
-    return previous
-
-
-_SAME_RUN_KEYS = ("source", "mask", "preset", "settings", "model", "weights")
-
-
-def _check_same_run(previous: dict, run: dict, output: Path) -> None:
+def _check_same_run(record: RunRecord, previous: RunRecord, output: Path) -> None:
     """A resumed run must use the same input and settings as the run it continues."""
-    changed = [key for key in _SAME_RUN_KEYS if previous.get(key) != run.get(key)]
-    if changed:
-        details = "; ".join(f"{key}: was {previous.get(key)!r}, now {run.get(key)!r}" for key in changed)
+    changes = record.changes_from(previous)
+    if changes:
         raise UsageError(
-            f"--resume: the run in {output} was made with other inputs or settings ({details}). "
+            f"--resume: the run in {output} was made with other inputs or settings ({'; '.join(changes)}). "
             "Resume with the same options, or start again with --overwrite."
         )
 
@@ -468,15 +560,9 @@ def _leading_masks(masks_dir: Path, frames: FrameSource) -> int:
     return done
 
 
-def _save_state(tracker: Tracker, frames_done: int, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    torch.save({"frames_done": frames_done, **tracker.state_dict()}, temporary)
-    os.replace(temporary, path)
-
-
 def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.device) -> bool:
     """Load the state an interrupted run saved after frame ``done - 1``; False means replay from frame 0."""
-    path = output / "state.pt"
+    path = output / STATE_FILE
     if done == 0 or not path.is_file():
         return False
     state = torch.load(path, map_location=device, weights_only=True)
@@ -487,15 +573,15 @@ def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.devi
 
 
 def _evaluate_run(output: Path, gt: Path) -> EvalReport:
-    report = evaluate(output / "masks", gt)
-    write_json(report, output / "metrics.json")
-    write_csv(report, output / "metrics.csv")
-    _write_plot_if_possible(report, output / "metrics.png")
+    report = evaluate(output / PngMasks.file, gt)
+    write_json(report, output / METRIC_FILES["json"])
+    write_csv(report, output / METRIC_FILES["csv"])
+    _write_plot_if_possible(report, output / METRIC_FILES["plot"])
     return report
 
 
 def _write_plot_if_possible(report: EvalReport, path: Path) -> None:
-    """The plot needs matplotlib (an optional extra): without it, warn and go on."""
+    """Without matplotlib (a dependency, but one an environment can lack), warn and go on: the scores are written."""
     try:
         write_plot(report, path)
     except DinotrackError as error:
@@ -505,19 +591,21 @@ def _write_plot_if_possible(report: EvalReport, path: Path) -> None:
 def benchmark_dataset(
     root: str | os.PathLike,
     output: str | os.PathLike,
+    options: RunOptions = RunOptions(),
     *,
     sequences: list[str] | None = None,
     on_sequence: Callable[[str, int, int], None] | None = None,
-    **track_options: object,
+    on_progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> EvalReport:
     """Track every sequence of a DAVIS-layout dataset from its first annotation, then score them all.
 
     ``root`` holds ``JPEGImages/480p/<seq>`` and ``Annotations/480p/<seq>``.
     Each sequence's results go to ``output/<seq>/``; a sequence whose
     ``run.json`` says complete is not run again, an interrupted one is
-    resumed. Writes ``global_results.csv``, ``per-sequence_results.csv``,
-    ``metrics.json`` and ``metrics.png`` to ``output``. ``track_options`` go
-    to :func:`track_video`.
+    resumed. The backbone is built once for all sequences. Writes
+    ``global_results.csv``, ``per-sequence_results.csv``, ``metrics.json``
+    and ``metrics.png`` to ``output``.
     """
     root, output = Path(root), Path(output)
     frames_root, annotations_root = root / "JPEGImages" / "480p", root / "Annotations" / "480p"
@@ -535,6 +623,7 @@ def benchmark_dataset(
             f"Known sequences: {', '.join(sorted(p.name for p in frames_root.iterdir() if p.is_dir()))}."
         )
     report = EvalReport(objects=[])
+    backbone = None
     for number, name in enumerate(names, start=1):
         if on_sequence is not None:
             on_sequence(name, number, len(names))
@@ -542,52 +631,48 @@ def benchmark_dataset(
         annotations = sorted((annotations_root / name).glob("*.png"))
         if not annotations:
             raise UsageError(f"{annotations_root / name} holds no PNG annotation to start {name} from.")
-        run_file = run_dir / "run.json"
-        status = json.loads(run_file.read_text()).get("status") if run_file.is_file() else None
+        status = RunRecord.read(run_dir).status if (run_dir / RUN_FILE).is_file() else None
         if status != "complete":
+            backbone = backbone or load_backbone(options)
             result = track_video(
-                frames_root / name, annotations[0], run_dir, resume=status is not None, **track_options
+                frames_root / name, annotations[0], run_dir, options, backbone=backbone, resume=status is not None,
+                on_progress=on_progress, stop=stop,
             )
             if result.status != "complete":
                 raise DinotrackError(f"Tracking {name} stopped ({result.status}); run the same command again to resume.")
-        sequence = evaluate(run_dir / "masks", annotations_root / name)
+        sequence = evaluate(run_dir / PngMasks.file, annotations_root / name)
         report.objects += sequence.objects
         report.warnings += sequence.warnings
     write_csv(report, output / "global_results.csv", per_sequence=output / "per-sequence_results.csv")
-    write_json(report, output / "metrics.json")
-    _write_plot_if_possible(report, output / "metrics.png")
+    write_json(report, output / METRIC_FILES["json"])
+    _write_plot_if_possible(report, output / METRIC_FILES["plot"])
     return report
 
 
 def extract_features(
     source: str | os.PathLike,
     output: str | os.PathLike,
+    options: RunOptions = RunOptions(),
     *,
-    model: str = "vits16",
-    weights: str | os.PathLike | None = None,
-    short_side: int = 480,
-    device: str = "auto",
-    batch_size: int = 1,
-    workers: int | None = None,
-    compile: bool = False,
+    backbone: Backbone | None = None,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Write the feature cache of ``source`` to ``output`` (see :mod:`dinotrack.features`). Returns frames written."""
+    """Write the feature cache of ``source`` to ``output`` (see :mod:`dinotrack.features`). Returns frames written.
+
+    The cache is made at ``options.config.short_side`` with the backbone
+    ``options`` name (or ``backbone``, already built).
+    """
     frames = open_source(source)
-    torch_device = resolve_device(device)
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
-    backbone = create_backbone(model, weights=weights, device=torch_device)
-    _check_frame_size(frames, backbone.patch_size)
-    extractor = FeatureExtractor(
-        backbone, short_side=short_side, device=torch_device, batch_size=batch_size, workers=workers, compile=compile
-    )
+    backbone = backbone or load_backbone(options)
+    extractor = make_extractor(frames, backbone, options, options.config.short_side)
     meta = {
-        "model": model,
+        "model": backbone.spec.name,
         "patch_size": backbone.patch_size,
-        "short_side": short_side,
+        "short_side": extractor.short_side,
         "grid": list(extractor.grid(frames.size)),
         "frame_size": list(frames.size),
         "dim": backbone.dim,
@@ -608,4 +693,3 @@ def extract_features(
     finally:
         writer.close(complete=complete)
     return writer.frames_written
-

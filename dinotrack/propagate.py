@@ -161,9 +161,11 @@ def _fill_block(
 class LabelPropagator:
     """Propagates soft labels frame by frame from a bounded context.
 
-    Context = every keyframe (features + given probabilities, kept for good)
-    plus a FIFO queue of the last ``context`` propagated frames. Memory does
-    not grow with the video: ``(keyframes + context) * h * w * (D + M)`` floats.
+    Context = the first keyframe (features + given probabilities, kept for
+    good), the ``keyframe_bound`` most recent later keyframes, and a FIFO
+    queue of the last ``context`` propagated frames. Memory and the cost per
+    frame do not grow with the video: at most
+    ``(1 + keyframe_bound + context) * h * w * (D + M)`` floats.
     """
 
     def __init__(
@@ -174,10 +176,12 @@ class LabelPropagator:
         topk: int = 5,
         temperature: float = 0.2,
         neighbourhood: Neighbourhood = "circle",
+        keyframe_bound: int = 2,
         tile: int = 4,
     ) -> None:
         self.topk = topk
         self.temperature = temperature
+        self.keyframe_bound = keyframe_bound
         self.tile = tile
         self.offsets = neighbourhood_offsets(radius, neighbourhood)
         self.keyframes: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -190,16 +194,33 @@ class LabelPropagator:
         return self.keyframes[-1][1].shape[0] if self.keyframes else 0
 
     def add_keyframe(self, features: torch.Tensor, probs: torch.Tensor) -> None:
-        """Make a frame with known labels permanent context and restart the queue.
+        """Make a frame with known labels context and restart the queue.
 
         ``features``: ``[h, w, D]`` float, L2-normalised; ``probs``: ``[M, h, w]``
         float with the same label channels as earlier keyframes (see
-        :meth:`resize_labels`).
+        :meth:`resize_labels`). The first keyframe stays for good; of the later
+        ones, the oldest leaves when more than ``keyframe_bound`` are kept.
         """
         if self.keyframes and probs.shape[0] != self.num_labels:
             raise ValueError(f"keyframe has {probs.shape[0]} label channels, expected {self.num_labels}")
         self.keyframes.append((features, probs))
+        if len(self.keyframes) > 1 + self.keyframe_bound:
+            del self.keyframes[1]
         self.queue.clear()
+
+    def state_dict(self) -> dict[str, list[list[torch.Tensor]]]:
+        """The context as plain lists of ``[features, probs]`` tensors (``torch.save``-able, weights-only loadable)."""
+        return {
+            "keyframes": [list(pair) for pair in self.keyframes],
+            "queue": [list(pair) for pair in self.queue],
+        }
+
+    def load_state_dict(self, state: dict[str, list[list[torch.Tensor]]]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.keyframes = [tuple(pair) for pair in state["keyframes"]]
+        self.queue.clear()
+        self.queue.extend(tuple(pair) for pair in state["queue"])
+        self._key_cache = []
 
     def resize_labels(self, total: int, retired: list[int]) -> None:
         """Give every stored probability map ``total`` label channels.

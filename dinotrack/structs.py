@@ -52,6 +52,9 @@ class TrackConfig:
 
     ``paper`` (see :data:`PRESETS`) is ALGORITHM.md exactly; ``default`` differs
     only where the oracle evaluation (``scripts/oracle_eval.py``) measured a gain.
+    ``keyframe_bound``: besides the first keyframe, how many of the most recent
+    later keyframes stay in the context (the published algorithm has only a
+    first frame, so it does not depend on this).
     """
 
     short_side: int = 480
@@ -64,11 +67,13 @@ class TrackConfig:
     upsample: Upsample = "bilinear"
     minmax: bool = True
     refine: Refine = "none"
+    keyframe_bound: int = 2
 
     def __post_init__(self) -> None:
         check_short_side(self.short_side)
         checks = [
             ("--context", self.context, self.context >= 0, "must be 0 or more frames"),
+            ("--keyframe-bound", self.keyframe_bound, self.keyframe_bound >= 0, "must be 0 or more keyframes"),
             ("--radius", self.radius, 0 <= self.radius < math.inf, "must be 0 or more patches, and finite"),
             ("--topk", self.topk, self.topk >= 1, "must be at least 1"),
             ("--temperature", self.temperature, 0 < self.temperature < math.inf, "must be greater than 0, and finite"),

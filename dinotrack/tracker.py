@@ -1,13 +1,21 @@
-"""The tracking session: keyframe masks in, one label map per frame out.
+"""The tracking session: keyframe masks in, probabilities and label maps out.
 
 A :class:`Tracker` holds the propagation state of one video and does no file
 I/O. Feed it frames in order with their features; give it a mask on the
-first frame (and on any later keyframe). It answers each frame with a
-``[H, W] uint8`` label map carrying the caller's object ids.
+first frame (and on any later keyframe). The core verbs work on
+probabilities, so that a caller can fuse or score them before deciding:
+
+    probs = tracker.propagate(features)   # [M, h, w] float32, channel c = tracker.labels[c]
+    ids = tracker.decode(probs, rgb)      # [H, W] uint8 label map with the caller's ids
+
+:meth:`Tracker.step` is both; :meth:`Tracker.process` also takes a keyframe
+mask when the frame has one; :meth:`Tracker.track` runs a whole stream:
 
     tracker = Tracker(TrackConfig(), extractor=FeatureExtractor(backbone, ...))
     for index, ids in tracker.track(frames, masks={0: first_mask}):
         ...
+
+Every verb switches gradients off itself.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dinotrack.structs import TrackConfig, UsageError
 
 
 class Tracker:
-    """One video's label propagation state (first frame, keyframes, queue)."""
+    """One video's label propagation state (first frame, recent keyframes, queue)."""
 
     def __init__(self, config: TrackConfig, *, extractor: FeatureExtractor | None = None) -> None:
         self.config = config
@@ -37,6 +45,7 @@ class Tracker:
             topk=config.topk,
             temperature=config.temperature,
             neighbourhood=config.neighbourhood,
+            keyframe_bound=config.keyframe_bound,
         )
         self.labels: list[int] = [0]  # channel -> object id; channel 0 is the background
         self.retired: set[int] = set()
@@ -45,6 +54,7 @@ class Tracker:
     def started(self) -> bool:
         return bool(self.propagator.keyframes)
 
+    @torch.inference_mode()
     def add_mask(self, ids: np.ndarray, features: torch.Tensor) -> np.ndarray:
         """Make this frame a keyframe with the given ``[H, W] uint8`` label map.
 
@@ -70,11 +80,21 @@ class Tracker:
         self.propagator.add_keyframe(features, probs)
         return ids
 
-    def step(self, rgb: np.ndarray, features: torch.Tensor) -> np.ndarray:
-        """Propagate to the next frame: ``[H, W, 3] uint8`` + ``[h, w, D]`` → ``[H, W] uint8`` ids."""
+    @torch.inference_mode()
+    def propagate(self, features: torch.Tensor) -> torch.Tensor:
+        """Probabilities of the next frame from its ``[h, w, D]`` features: ``[M, h, w]`` float32.
+
+        Channel ``c`` is object id ``self.labels[c]`` (channel 0 the
+        background); each patch's probabilities sum to 1. The frame joins
+        the context.
+        """
         if not self.started:
             raise UsageError("The first frame needs a mask: call add_mask (or pass masks={0: ...}) first.")
-        probs = self.propagator.step(features)
+        return self.propagator.step(features)
+
+    @torch.inference_mode()
+    def decode(self, probs: torch.Tensor, rgb: np.ndarray) -> np.ndarray:
+        """``[M, h, w]`` probabilities + the ``[H, W, 3] uint8`` frame -> ``[H, W] uint8`` ids."""
         return probs_to_ids(
             probs,
             self.labels,
@@ -85,24 +105,24 @@ class Tracker:
             guide=rgb,
         )
 
+    def step(self, rgb: np.ndarray, features: torch.Tensor) -> np.ndarray:
+        """Propagate to the next frame: ``[H, W, 3] uint8`` + ``[h, w, D]`` -> ``[H, W] uint8`` ids."""
+        return self.decode(self.propagate(features), rgb)
+
+    def process(self, rgb: np.ndarray, features: torch.Tensor, mask: np.ndarray | None = None) -> np.ndarray:
+        """The next frame's ``[H, W] uint8`` ids: ``mask`` itself when given (a keyframe), else :meth:`step`."""
+        return self.add_mask(mask, features) if mask is not None else self.step(rgb, features)
+
     def state_dict(self) -> dict:
         """Everything needed to continue this video later: labels and the bounded context (tensors, lists)."""
-        return {
-            "labels": list(self.labels),
-            "retired": sorted(self.retired),
-            "keyframes": [list(pair) for pair in self.propagator.keyframes],
-            "queue": [list(pair) for pair in self.propagator.queue],
-        }
+        return {"labels": list(self.labels), "retired": sorted(self.retired), **self.propagator.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict` (e.g. loaded with ``torch.load(..., weights_only=True)``)."""
         self.labels = list(state["labels"])
         self.retired = set(state["retired"])
-        self.propagator.keyframes = [tuple(pair) for pair in state["keyframes"]]
-        self.propagator.queue.clear()
-        self.propagator.queue.extend(tuple(pair) for pair in state["queue"])
+        self.propagator.load_state_dict(state)
 
-    @torch.inference_mode()
     def track(
         self,
         frames: Iterable[Frame] | Iterable[tuple[Frame, torch.Tensor]],
@@ -112,13 +132,9 @@ class Tracker:
 
         ``frames``: :class:`~dinotrack.sources.Frame` objects (features are
         computed with the tracker's extractor) or ``(frame, features)`` pairs
-        (e.g. from a feature cache). ``masks``: keyframe masks by frame index;
-        the first frame must have one.
+        (e.g. from a feature cache). ``masks``: keyframe masks by frame index
+        (anything with ``get``); the first frame must have one.
         """
         pairs = frames if self.extractor is None else self.extractor(frames)
         for frame, features in pairs:
-            mask = masks.get(frame.index)
-            if mask is not None:
-                yield frame.index, self.add_mask(mask, features)
-            else:
-                yield frame.index, self.step(frame.rgb, features)
+            yield frame.index, self.process(frame.rgb, features, masks.get(frame.index))

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from dinotrack.evaluation import ObjectResult, Scores, evaluate
 from dinotrack.features import patch_grid
 from dinotrack.masks import object_ids, read_label_map
-from dinotrack.pipeline import track_video
+from dinotrack.pipeline import RunOptions, track_video
 from dinotrack.propagate import labels_to_probs
 from dinotrack.structs import PRESETS, DinotrackError, TrackConfig
 
@@ -74,7 +74,7 @@ class Row:
     """A configuration to compare: a preset name, or ``base:field=value,...``."""
 
     name: str
-    config: TrackConfig
+    options: RunOptions
 
 
 def parse_variant(spec: str) -> Row:
@@ -89,7 +89,7 @@ def parse_variant(spec: str) -> Row:
         if key not in types:
             raise SystemExit(f"--variant {spec!r}: TrackConfig has no field {key!r} (fields: {', '.join(types)}).")
         values[key] = _parse_value(text)
-    return Row(spec, dataclasses.replace(PRESETS[base], **values))
+    return Row(spec, RunOptions(preset=base, overlay=False, tweaks=values))
 
 
 def _parse_value(text: str) -> object:
@@ -149,8 +149,7 @@ def track_and_score(sequence: str, row: Row, setting: Setting, cache: Path, work
     gt_dir = DAVIS / "Annotations" / "480p" / sequence
     mask = keyframe_folder(gt_dir, setting.keyframe_every, work / "keyframes") if setting.keyframe_every else gt_dir / "00000.png"
     output = work / "run"
-    config = row.config.replace(short_side=setting.short_side)
-    run = track_video(frames, mask, output, config=config, preset=row.name, features=cache, write_overlay=False)
+    run = track_video(frames, mask, output, row.options, features=cache)
     report = evaluate(output / "masks", gt_dir)
     stems = [file.stem for file in sorted(gt_dir.glob("*.png"))]
     keyframes = set(stems[:: setting.keyframe_every]) if setting.keyframe_every else {stems[0]}
@@ -190,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"Unknown sequence(s) {', '.join(unknown)}; {annotations} holds {', '.join(sorted(p.name for p in annotations.iterdir()))}.")
     try:
-        rows = [Row(name, PRESETS[name]) for name in args.preset] + [parse_variant(spec) for spec in args.variant]
+        rows = [Row(name, RunOptions(preset=name, overlay=False)) for name in args.preset]
+        rows += [parse_variant(spec) for spec in args.variant]
     except DinotrackError as error:
         sys.exit(f"--variant: {error}")
     settings = [Setting(s, n, k) for s in args.short_side for n in args.noise for k in args.keyframe_every]

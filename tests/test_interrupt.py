@@ -18,12 +18,11 @@ from typer.testing import CliRunner
 from conftest import ROOT, SAMPLE
 from dinotrack.cli import app
 from dinotrack.masks import read_label_map
-from dinotrack.pipeline import track_video
-from dinotrack.structs import PRESETS
+from dinotrack.pipeline import RunOptions, track_video
 from test_cli import frame_count
 
 VIDEO, MASK = SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png"
-OPTIONS = dict(model="tiny", device="cpu", config=PRESETS["default"].replace(short_side=64))
+OPTIONS = RunOptions(model="tiny", device="cpu", short_side=64)
 
 
 def stop_after(frames: int) -> tuple[threading.Event, object]:
@@ -43,13 +42,13 @@ def masks_of(output: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     output = tmp_path_factory.mktemp("full") / "run"
-    track_video(VIDEO, MASK, output, weights=tiny_weights, write_overlay=False, **OPTIONS)
+    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights, overlay=False))
     return masks_of(output)
 
 
 def test_stop_keeps_whole_frames_and_marks_the_run(tiny_weights: Path, tmp_path: Path):
     stop, on_progress = stop_after(20)
-    report = track_video(VIDEO, MASK, tmp_path / "run", weights=tiny_weights, stop=stop, on_progress=on_progress, **OPTIONS)
+    report = track_video(VIDEO, MASK, tmp_path / "run", OPTIONS.replace(weights=tiny_weights), stop=stop, on_progress=on_progress)
     assert report.status == "interrupted" and report.frames_done == 20
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "interrupted" and run["frames_done"] == 20
@@ -62,7 +61,7 @@ def test_stop_keeps_whole_frames_and_marks_the_run(tiny_weights: Path, tmp_path:
 def test_resume_gives_the_masks_of_an_uninterrupted_run(tiny_weights, tmp_path, uninterrupted, keep_state):
     output = tmp_path / "run"
     stop, on_progress = stop_after(25)
-    track_video(VIDEO, MASK, output, weights=tiny_weights, stop=stop, on_progress=on_progress, **OPTIONS)
+    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights), stop=stop, on_progress=on_progress)
     if not keep_state:
         (output / "state.pt").unlink()
     result = CliRunner().invoke(app, ["track", str(VIDEO), "--mask", str(MASK), "--output", str(output), "--model", "tiny",
@@ -80,7 +79,7 @@ def test_resume_gives_the_masks_of_an_uninterrupted_run(tiny_weights, tmp_path, 
 
 def test_resume_refuses_other_settings(tiny_weights: Path, tmp_path: Path):
     stop, on_progress = stop_after(5)
-    track_video(VIDEO, MASK, tmp_path / "run", weights=tiny_weights, stop=stop, on_progress=on_progress, **OPTIONS)
+    track_video(VIDEO, MASK, tmp_path / "run", OPTIONS.replace(weights=tiny_weights), stop=stop, on_progress=on_progress)
     result = CliRunner().invoke(app, ["track", str(VIDEO), "--mask", str(MASK), "--output", str(tmp_path / "run"),
                                       "--model", "tiny", "--weights", str(tiny_weights), "--device", "cpu",
                                       "--short-side", "64", "--topk", "3", "--resume"])
@@ -109,3 +108,15 @@ def test_signal_to_a_real_process(tiny_weights: Path, tmp_path: Path, sig: signa
     assert len(list((output / "masks").glob("*.png"))) == done
     assert frame_count(output / "overlay.mp4") == done
     assert not list(output.rglob("*.part"))
+
+
+def test_resume_may_change_what_only_changes_speed(tiny_weights: Path, tmp_path: Path, uninterrupted):
+    output = tmp_path / "run"
+    stop, on_progress = stop_after(10)
+    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights, overlay=False), stop=stop, on_progress=on_progress)
+    result = CliRunner().invoke(app, ["track", str(VIDEO), "--mask", str(MASK), "--output", str(output), "--model", "tiny",
+                                      "--weights", str(tiny_weights), "--device", "cpu", "--short-side", "64",
+                                      "--batch-size", "3", "--workers", "1", "--no-overlay", "--resume"])
+    assert result.exit_code == 0, result.output
+    resumed = masks_of(output)
+    assert all(np.array_equal(resumed[stem], expected) for stem, expected in uninterrupted.items())

@@ -114,3 +114,32 @@ def test_cli_track_refuses_a_mask_folder_without_the_first_frame(tmp_path: Path)
                                       str(tmp_path / "run"), "--features", str(cache)])
     assert result.exit_code == 2
     assert "00000.png" in result.output and "first frame" in result.output
+
+
+def test_keyframes_in_the_context_are_bounded():
+    """A mask every few frames: the first keyframe stays, then only the ``keyframe_bound`` most recent ones."""
+    maps = [scene(square=48, bar=None) for _ in range(30)]
+    config = PRESETS["paper"].replace(keyframe_bound=2)
+    tracker = Tracker(config)
+    first_features = video(maps[:1])[0][1]
+    for index, (frame, features) in enumerate(video(maps)):
+        tracker.process(frame.rgb, features, maps[index] if index % 5 == 0 else None)
+        keyframes = tracker.propagator.keyframes
+        assert len(keyframes) <= 1 + config.keyframe_bound
+        assert len(keyframes) + len(tracker.propagator.queue) <= 1 + config.keyframe_bound + config.context
+        assert torch.equal(keyframes[0][0], first_features)
+    assert len(tracker.propagator.keyframes) == 3
+
+
+def test_a_saved_session_continues_with_the_same_masks():
+    maps = [scene(square=48 - 2 * i, bar=None) for i in range(FRAMES)]
+    pairs = video(maps)
+    keyframes = {0: maps[0], 3: maps[3]}
+    expected = run(maps, keyframes)
+    first = Tracker(PRESETS["paper"])
+    for frame, features in pairs[:6]:
+        first.process(frame.rgb, features, keyframes.get(frame.index))
+    second = Tracker(PRESETS["paper"])
+    second.load_state_dict(first.state_dict())
+    for frame, features in pairs[6:]:
+        assert np.array_equal(second.process(frame.rgb, features, keyframes.get(frame.index)), expected[frame.index])
