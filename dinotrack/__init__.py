@@ -18,8 +18,8 @@ _PUBLIC = {
     "track_video": "dinotrack.pipeline",
     "load_backbone": "dinotrack.pipeline",
     "RunOptions": "dinotrack.pipeline",
-    "list_backbones": "dinotrack.backbone",
-    "create_backbone": "dinotrack.backbone",
+    "list_backbones": "dinotrack.backbones",
+    "create_backbone": "dinotrack.backbones",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -369,7 +369,7 @@ def report(
 @app.command()
 def models() -> None:
     """List the backbones dinotrack knows."""
-    from dinotrack.backbone import list_backbones
+    from dinotrack.backbones import list_backbones
 
     table = Table(title="DINOv3 backbones")
     for column in ("name", "timm name", "params", "dim", "weights"):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinotrack.backbone import Backbone
+from dinotrack.backbones import Backbone
 from dinotrack.files import atomic_write, atomic_write_json
 from dinotrack.sources import Frame
 from dinotrack.structs import DinotrackError, UsageError, check_short_side

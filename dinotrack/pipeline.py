@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from dinotrack.backbone import Backbone, create_backbone, resolve_device
+from dinotrack.backbones import Backbone, create_backbone, resolve_device
 from dinotrack.confidence import ConfidenceLog, keyframe_confidence, object_confidence, sharp_drops
 from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
@@ -58,7 +58,7 @@ from dinotrack.structs import DinotrackError, TrackConfig, UsageError, preset
 from dinotrack.tracker import Tracker
 
 if TYPE_CHECKING:
-    from dinotrack.backbone import BackboneSpec
+    from dinotrack.backbones import BackboneSpec
 
 log = logging.getLogger("dinotrack")
 

@@ -2,7 +2,7 @@
 
 Prints the machine, then one table per short side ``S``: milliseconds per frame
 of decoding, the backbone, label propagation (dinotrack's windowed propagation
-and the literal full-matrix reference of tests/literal.py, on the same
+and the literal full-matrix reference of dinotrack.testing, on the same
 features, with the context queue full), upsample + argmax, PNG writing and the
 overlay; then frames/s of ``dinotrack track`` on a looped clip, run as a user
 runs it (a fresh process, start-up included, ``--preset`` as given), against the
@@ -41,14 +41,14 @@ from functools import cached_property
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]  # dinotrack from this checkout; the literal reference
+sys.path.insert(0, str(REPO))  # dinotrack from this checkout
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it, for a like-for-like bare backbone
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dinotrack.backbone import Backbone, create_backbone  # noqa: E402
+from dinotrack.backbones import Backbone, create_backbone  # noqa: E402
 from dinotrack.features import FeatureExtractor, ThreadShare, default_workers, preprocess  # noqa: E402
 from dinotrack.masks import object_ids, read_label_map, write_label_map  # noqa: E402
 from dinotrack.propagate import LabelPropagator, labels_to_probs  # noqa: E402
@@ -325,7 +325,7 @@ class Propagation:
 def propagate_both(work: Workspace, features: list[torch.Tensor], *, literal: bool) -> Propagation:
     """Steps dinotrack's propagator and (when ``literal``) the reference, frame by frame,
     alternately, so that both see the same machine load. The reference always runs on the CPU."""
-    from literal import propagate_literal
+    from dinotrack.testing import propagate_literal
 
     config = work.config
     grid = tuple(features[0].shape[:2])
@@ -359,7 +359,7 @@ def propagation_rows(work: Workspace, short_side: int, result: Propagation) -> l
     rows = [
         ("propagation, fast (LabelPropagator)", *median_ms(result.fast), queue),
         (
-            "propagation, literal (tests/literal.py)" + ("" if same_device else ", on the CPU"),
+            "propagation, literal (dinotrack.testing)" + ("" if same_device else ", on the CPU"),
             *median_ms(result.literal),
             f"{_speedup(wall)} (CPU time {cpu:.2g}x){verdict}",
         ),
@@ -453,7 +453,7 @@ import os, resource, sys
 sys.argv[0] = "dinotrack"
 try:
     if os.environ["BENCHMARK_TINY"]:
-        from checkpoints import register_tiny_backbone
+        from dinotrack.testing import register_tiny_backbone
         register_tiny_backbone()
     from dinotrack.cli import main
     main()
@@ -483,7 +483,7 @@ def run_track_process(spec: dict) -> dict:
         peak, errors = Path(folder) / "peak", Path(folder) / "stderr"
         environment = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+            "PYTHONPATH": str(REPO),
             "BENCHMARK_TINY": "1" if spec["tiny"] else "",
             "BENCHMARK_PEAK": str(peak),
         }
@@ -612,7 +612,7 @@ def _tries(seconds: list[float]) -> str:
 
 def memory_table(work: Workspace, counts: list[int]) -> Table:
     """Peak RSS of ``dinotrack track`` with the tiny random backbone on videos of ``counts`` frames."""
-    from checkpoints import register_tiny_backbone, write_timm_checkpoint
+    from dinotrack.testing import register_tiny_backbone, write_timm_checkpoint
 
     register_tiny_backbone()
     weights = write_timm_checkpoint(work.root / "tiny.safetensors")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoints import register_tiny_backbone, write_meta_checkpoint
+from dinotrack.testing import register_tiny_backbone, write_meta_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_videos"

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
 import torch
-from checkpoints import (
+from safetensors.torch import save_file
+
+from dinotrack.backbones import (
+    Backbone,
+    create_backbone,
+    get_backbone_spec,
+    list_backbones,
+    register_backbone,
+)
+from dinotrack.structs import DinotrackError, UsageError
+from dinotrack.testing import (
     TINY,
     meta_state_dict,
     random_timm_model,
@@ -19,16 +31,6 @@ from checkpoints import (
     write_meta_checkpoint,
     write_timm_checkpoint,
 )
-from safetensors.torch import save_file
-
-from dinotrack.backbone import (
-    Backbone,
-    create_backbone,
-    get_backbone_spec,
-    list_backbones,
-    register_backbone,
-)
-from dinotrack.structs import DinotrackError, UsageError
 
 TINY_SWIGLU = dataclasses.replace(TINY, name="tiny-swiglu", timm_name="vit_small_plus_patch16_dinov3_qkvb")
 
@@ -70,6 +72,15 @@ def test_registry_holds_the_dinov3_family_on_matching_timm_architectures():
 def test_register_twice_raises():
     with pytest.raises(ValueError, match="already registered"):
         register_backbone(TINY)
+
+
+def test_spec_by_value_or_by_import_path_needs_no_registration(tmp_path, images):
+    unregistered = dataclasses.replace(TINY, name="tiny-unregistered")
+    path = write_timm_checkpoint(tmp_path / "tiny.safetensors", unregistered)
+    by_value = create_backbone(unregistered, weights=path)
+    assert by_value.spec is unregistered and unregistered not in list_backbones()
+    assert get_backbone_spec("dinotrack.testing:TINY") is TINY
+    assert torch.equal(create_backbone("dinotrack.testing:TINY", weights=path)(images), by_value(images))
 
 
 def test_unknown_model_lists_known_names_and_spots_paths():
@@ -212,6 +223,25 @@ def test_weights_provenance(tmp_path):
     assert isinstance(random, Backbone) and not random.training
 
 
+def test_weights_are_hashed_once_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    path = write_timm_checkpoint(tmp_path / "tiny.safetensors")
+    hashed = []
+
+    def counted_sha256():
+        hashed.append(path)
+        return hashlib.sha256()
+
+    monkeypatch.setattr("dinotrack.backbones.checkpoints.hashlib", SimpleNamespace(sha256=counted_sha256))
+    first = create_backbone("tiny", weights=path).weights_sha256
+    assert create_backbone("tiny", weights=tmp_path / "." / "tiny.safetensors").weights_sha256 == first
+    assert len(hashed) == 1
+    before = path.stat()
+    write_timm_checkpoint(path, seed=1)  # same size, other bytes
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    assert create_backbone("tiny", weights=path).weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest() != first
+    assert len(hashed) == 2
+
+
 def test_unknown_device_is_a_usage_error():
     with pytest.raises(UsageError, match="device"):
         create_backbone("tiny", pretrained=False, device="tpu")
@@ -236,6 +266,16 @@ def test_offline_hub_fails_fast_with_every_way_to_get_weights(offline_hub):
     meta_file, hub_id = "dinov3_vits16_pretrain_lvd1689m-08c60483.pth", "timm/vit_small_patch16_dinov3_qkvb.lvd1689m"
     for hint in ("--weights", meta_file, hub_id, "HF_HUB_OFFLINE", str(offline_hub)):
         assert hint in message
+
+
+def test_unreachable_hub_set_after_import_fails_fast(offline_hub, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: refused at once, no network needed
+    start = time.monotonic()
+    with pytest.raises(DinotrackError) as error:
+        create_backbone("vits16")
+    assert time.monotonic() - start < 3
+    assert "http://127.0.0.1:9 cannot be reached" in str(error.value) and str(offline_hub) in str(error.value)
 
 
 def test_hub_weights_come_from_the_cache_through_the_file_loader(offline_hub, tmp_path, images):

@@ -20,7 +20,8 @@ from conftest import SAMPLE
 from dinotrack.cli import app
 from dinotrack.masks import PALETTE, read_label_map
 from dinotrack.propagate import labels_to_probs
-from literal import probs_to_ids, propagate_literal
+from dinotrack.testing import probs_to_ids, propagate_literal
+from test_errors import run_module
 
 runner = CliRunner()
 TINY = ["--model", "tiny", "--device", "cpu", "--short-side", "64"]
@@ -68,6 +69,17 @@ def test_track_sample_video(tiny_weights: Path, tmp_path: Path):
     assert (output / "metrics.png").is_file() and (output / "metrics.csv").is_file()
     run = json.loads((output / "run.json").read_text())
     assert run["weights"]["source"].startswith("file:") and len(run["weights"]["sha256"]) == 64
+
+
+def test_model_by_import_path_in_a_fresh_process(tiny_weights: Path, tmp_path: Path):
+    """A process that never registered the tiny backbone, like a subprocess or a Ray worker, names it by import path."""
+    output = tmp_path / "run"
+    result = run_module(["track", SAMPLE / "shapes.mp4", "--mask", SAMPLE / "shapes_mask.png", "--output", output,
+                         "--model", "dinotrack.testing:TINY", "--weights", tiny_weights, "--short-side", "64",
+                         "--device", "cpu", "--no-overlay"], {}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run = json.loads((output / "run.json").read_text())
+    assert (run["status"], run["frames_done"]) == ("complete", 60)
 
 
 def test_workers_change_speed_not_masks(tiny_weights: Path, tmp_path: Path):

@@ -316,6 +316,10 @@ CASES = {
     "weights-of-another-model": Case(option("--model", "vits16"), 2, ("does not hold vits16 weights", "looks like tiny", "--model tiny")),
     "weights-pickle-with-code": Case(weights_pickle_with_code, 2, ("more than tensors", "io.open object", "state dict", ".safetensors")),
     "unknown-model": Case(option("--model", "vit_giant"), 2, ("unknown model 'vit_giant'", "vits16", "dinotrack models")),
+    "model-path-no-module": Case(option("--model", "no_such_package.specs:BIG"), 2, ("'no_such_package.specs:BIG'", "cannot import no_such_package.specs", "no module named", "package.module:ATTRIBUTE", "on PYTHONPATH")),
+    "model-path-no-attribute": Case(option("--model", "dinotrack.testing:HUGE"), 2, ("dinotrack.testing has no attribute HUGE", "name a BackboneSpec", "dinotrack.testing:TINY")),
+    "model-path-not-a-spec": Case(option("--model", "dinotrack.testing:registered"), 2, ("it is a function, not a BackboneSpec", "dinotrack models")),
+    "model-path-malformed": Case(option("--model", "dinotrack.testing:"), 2, ("unknown model 'dinotrack.testing:'", "package.module:ATTRIBUTE")),
     "no-weights-offline": Case(offline_without_weights, 1, ("--weights PATH", "HF_HUB_OFFLINE", "huggingface.co/timm/vit_small_patch16_dinov3_qkvb.lvd1689m")),
     # options
     "short-side-zero": Case(option("--short-side", "0"), 2, ("--short-side", "positive", "got 0")),
@@ -468,6 +472,13 @@ def test_real_process_exit_status_and_stderr(ws: Workspace, name: str) -> None:
     args = [arg for arg in CASES[name].build(ws) if arg not in (ws.weights, "--weights", "--model", "tiny")]
     result = run_module(args, {**NO_HUB_CACHE, "HF_HUB_OFFLINE": "1", "HF_HOME": str(ws.root / "hf")})
     assert_reported(result.returncode, result.stderr, CASES[name].status, ("Error:", *CASES[name].words))
+    assert_nothing_written(ws.output)
+
+
+def test_bad_model_import_path_in_a_real_process(ws: Workspace) -> None:
+    result = run_module(ws.track("--model", "no_such_package.specs:BIG"), {})
+    assert_reported(result.returncode, result.stderr, 2, ("Error:", "no_such_package.specs:BIG", "cannot import"))
+    assert "\n\n" not in result.stderr.strip()
     assert_nothing_written(ws.output)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import SAMPLE
-from dinotrack.backbone import create_backbone
+from dinotrack.backbones import create_backbone
 from dinotrack.features import FeatureExtractor, default_workers
 from dinotrack.sources import Frame, open_source
 

@@ -89,8 +89,8 @@ def test_resume_refuses_other_settings(tiny_weights: Path, tmp_path: Path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_to_a_real_process(tiny_weights: Path, tmp_path: Path, sig: signal.Signals):
     output = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "tests" / "tiny_cli.py"), "track", str(VIDEO), "--mask", str(MASK),
-               "--output", str(output), "--model", "tiny", "--weights", str(tiny_weights), "--device", "cpu",
+    command = [sys.executable, "-m", "dinotrack", "track", str(VIDEO), "--mask", str(MASK), "--output", str(output),
+               "--model", "dinotrack.testing:TINY", "--weights", str(tiny_weights), "--device", "cpu",
                "--short-side", "512", "--context", "20"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)

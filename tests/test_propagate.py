@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from dinotrack.propagate import LabelPropagator, labels_to_probs, neighbourhood_offsets
 from dinotrack.refine import probs_to_ids
-from literal import probs_to_ids as literal_probs_to_ids
-from literal import propagate_literal
+from dinotrack.testing import probs_to_ids as literal_probs_to_ids
+from dinotrack.testing import propagate_literal
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dinotrack import refine
 from dinotrack.propagate import labels_to_probs
 from dinotrack.refine import probs_to_ids
 from dinotrack.structs import PRESETS, TrackConfig, UsageError
-from literal import probs_to_ids as literal_probs_to_ids
+from dinotrack.testing import probs_to_ids as literal_probs_to_ids
 
 EDGE = 37  # first column of the right-hand object: not on the 16-pixel patch grid
 SIZE = (64, 112)

@@ -1,11 +1,12 @@
-"""Tiny random DINOv3 checkpoints in Meta's and timm's key layouts, for tests.
+"""Tiny random DINOv3 checkpoints in Meta's and timm's key layouts, for tests and benchmarks.
 
-``register_tiny_backbone()`` adds the backbone "tiny" (64-dim, 2 blocks, 2 heads,
-on timm's vits16 architecture); ``write_meta_checkpoint`` and
-``write_timm_checkpoint`` write random weights for a registered backbone, so
-that ``create_backbone("tiny", weights=path)`` and ``--model tiny --weights PATH``
-run in milliseconds. Meta's layout is written here without Meta's code, by
-inverting timm's conversion key by key.
+``TINY`` is a 64-dim, 2-block, 2-head backbone on timm's vits16 architecture;
+``write_meta_checkpoint`` and ``write_timm_checkpoint`` write random weights of
+it (or of any spec), so that ``create_backbone(TINY, weights=path)`` and
+``--model dinotrack.testing:TINY --weights PATH`` run in milliseconds, in any
+process and without registration. ``register_tiny_backbone()`` also makes the
+short name "tiny" known in this process. Meta's layout is written here without
+Meta's code, by inverting timm's conversion key by key.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import save_file
 
-from dinotrack.backbone import (
+from dinotrack.backbones import (
     LVD1689M_MEAN,
     LVD1689M_STD,
     BackboneSpec,
@@ -28,6 +28,7 @@ from dinotrack.backbone import (
     register_backbone,
     unregister_backbone,
 )
+from dinotrack.backbones.checkpoints import timm_model
 
 TINY = BackboneSpec(
     name="tiny",
@@ -71,19 +72,19 @@ def registered(spec: BackboneSpec) -> Iterator[BackboneSpec]:
         unregister_backbone(spec.name)
 
 
-def random_timm_model(spec_name: str = "tiny", seed: int = 0) -> torch.nn.Module:
-    """The registered backbone's timm model with every weight drawn from N(0, 0.2²).
+def random_timm_model(model: str | BackboneSpec = TINY, seed: int = 0) -> torch.nn.Module:
+    """The timm model of the backbone ``model`` (a spec, its import path or a registered name)
+    with every weight drawn from N(0, 0.2²).
 
     Unlike timm's initialisation (zero q/v biases, layer scale 1e-5), every tensor
     matters to the output, so a weight lost in a conversion changes the features.
     """
-    spec = get_backbone_spec(spec_name)
-    model = timm.create_model(spec.timm_name, pretrained=False, **{"num_classes": 0, **spec.timm_kwargs})
+    vit = timm_model(get_backbone_spec(model))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for tensor in model.state_dict().values():
+        for tensor in vit.state_dict().values():
             tensor.copy_(0.2 * torch.randn(tensor.shape, generator=generator))
-    return model
+    return vit
 
 
 def meta_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -111,17 +112,17 @@ def meta_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return meta
 
 
-def write_meta_checkpoint(path: str | Path, spec_name: str = "tiny", seed: int = 0) -> Path:
-    """Write random weights of ``spec_name`` as a Meta-layout ``.pth``; returns ``path``."""
+def write_meta_checkpoint(path: str | Path, model: str | BackboneSpec = TINY, seed: int = 0) -> Path:
+    """Write random weights of the backbone ``model`` as a Meta-layout ``.pth``; returns ``path``."""
     path = Path(path)
-    torch.save(meta_state_dict(random_timm_model(spec_name, seed)), path)
+    torch.save(meta_state_dict(random_timm_model(model, seed)), path)
     return path
 
 
-def write_timm_checkpoint(path: str | Path, spec_name: str = "tiny", seed: int = 0) -> Path:
+def write_timm_checkpoint(path: str | Path, model: str | BackboneSpec = TINY, seed: int = 0) -> Path:
     """Write the same random weights as :func:`write_meta_checkpoint` (same ``seed``)
     as a timm-layout ``.safetensors``; returns ``path``."""
     path = Path(path)
-    state = random_timm_model(spec_name, seed).state_dict()
+    state = random_timm_model(model, seed).state_dict()
     save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(path))
     return path
