@@ -276,7 +276,7 @@ class Timeline:
             y = self._y(value)
             last = self._last.get(label)
             start = last[1:] if last is not None and last[0] == index - 1 else (x, y)
-            cv2.line(self._plot, start, (x, y), _colour(label), 1, cv2.LINE_AA)
+            cv2.line(self._plot, start, (x, y), _colour(label), 1, cv2.LINE_8)
             self._last[label] = (index, x, y)
         strip = self._plot.copy()
         strip[:, x] = TEXT_COLOUR

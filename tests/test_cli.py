@@ -20,6 +20,7 @@ from conftest import SAMPLE
 from dinotrack.cli import app
 from dinotrack.masks import PALETTE, read_label_map
 from dinotrack.propagate import labels_to_probs
+from dinotrack.render import ROW_HEIGHT, TIMELINE_HEIGHT
 from dinotrack.testing import probs_to_ids, propagate_literal
 from test_errors import run_module
 
@@ -69,6 +70,40 @@ def test_track_sample_video(tiny_weights: Path, tmp_path: Path):
     assert (output / "metrics.png").is_file() and (output / "metrics.csv").is_file()
     run = json.loads((output / "run.json").read_text())
     assert run["weights"]["source"].startswith("file:") and len(run["weights"]["sha256"]) == 64
+    assert run["overlay"]["mode"] == "evaluated" and (output / "report.html").is_file()
+    assert video_size(output / "overlay.mp4") == (240 + 2 * ROW_HEIGHT + TIMELINE_HEIGHT, 426)
+    assert {key: len(values) for key, values in run["confidence"].items()} == {"1": 60, "2": 60}
+    assert run["confidence"]["1"][0] == 1.0 and isinstance(run["low_confidence_frames"], list)
+
+
+def video_size(video: Path) -> tuple[int, int]:
+    capture = cv2.VideoCapture(str(video))
+    return int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+
+
+def test_side_by_side_overlay(tiny_weights: Path, tmp_path: Path):
+    output = tmp_path / "run"
+    result = invoke("track", SAMPLE / "shapes.mp4", "--mask", SAMPLE / "shapes_mask.png", "--output", output,
+                    "--weights", tiny_weights, *TINY, "--gt", SAMPLE / "shapes_gt", "--overlay", "side-by-side")
+    assert result.exit_code == 0, result.output
+    assert frame_count(output / "overlay.mp4") == 60
+    assert video_size(output / "overlay.mp4") == (240 + 2 * ROW_HEIGHT + TIMELINE_HEIGHT, 2 * 426)
+    assert json.loads((output / "run.json").read_text())["overlay"]["mode"] == "side-by-side"
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--overlay", "evaluated"], "--overlay evaluated draws the prediction against the ground truth"),
+        (["--overlay", "side-by-side"], "Pass --gt DIR"),
+        (["--overlay", "plain", "--no-overlay"], "contradict each other"),
+    ],
+)
+def test_overlays_that_cannot_be_made_are_refused_first(tiny_weights: Path, tmp_path: Path, options, words):
+    result = invoke("track", SAMPLE / "shapes.mp4", "--mask", SAMPLE / "shapes_mask.png", "--output", tmp_path / "run",
+                    "--weights", tiny_weights, *TINY, *options)
+    assert result.exit_code == 2 and words in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
 
 
 def test_model_by_import_path_in_a_fresh_process(tiny_weights: Path, tmp_path: Path):
@@ -102,6 +137,8 @@ def test_track_davis_folder(tiny_weights: Path, davis: Path, tmp_path: Path):
     result = invoke("track", frames, "--mask", mask, "--output", output, "--weights", tiny_weights, *TINY)
     assert result.exit_code == 0, result.output
     assert_complete_run(output, 40, (480, 854), {1})
+    assert json.loads((output / "run.json").read_text())["overlay"]["mode"] == "plain"
+    assert not (output / "report.html").exists()  # written with ground truth only (or by `dinotrack report`)
 
 
 def oracle_cache(folder: Path, gt: Path, grid: tuple[int, int], frame_size: tuple[int, int], seed: int = 0) -> None:
@@ -192,6 +229,7 @@ def test_benchmark_davis_layout_is_resumable(tiny_weights: Path, davis: Path, tm
     assert global_csv[0].startswith("J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay")
     per_sequence = (output / "per-sequence_results.csv").read_text()
     assert "car-shadow_1" in per_sequence and "blackswan_1" in per_sequence
+    assert (output / "report.html").is_file() and (output / "car-shadow" / "metrics.json").is_file()
     for name, frames in (("car-shadow", 40), ("blackswan", 50)):
         assert len(list((output / name / "masks").glob("*.png"))) == frames
     stamp = (output / "car-shadow" / "run.json").stat().st_mtime_ns

@@ -1,4 +1,5 @@
-"""Overlay pictures: tint inside objects, plain colour on their edges, background untouched."""
+"""Overlay pictures: tint inside objects, plain colour on their edges, background untouched; errors against
+the ground truth where they are; bands below the picture."""
 
 from __future__ import annotations
 
@@ -9,7 +10,24 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dinotrack.masks import PALETTE
-from dinotrack.render import CONTOUR_WIDTH, overlay
+from dinotrack.render import (
+    CONTOUR_WIDTH,
+    HATCH_PERIOD,
+    MAX_OBJECT_ROWS,
+    ROW_HEIGHT,
+    TEXT_COLOUR,
+    TIMELINE_HEIGHT,
+    WRONG_OUTLINE,
+    Caption,
+    Timeline,
+    caption_band,
+    caption_rows,
+    error_masks,
+    evaluated_overlay,
+    overlay,
+    side_by_side,
+    with_bands,
+)
 from dinotrack.structs import UsageError
 
 
@@ -88,3 +106,103 @@ def test_any_label_map_keeps_background_and_colours_contours(ids: np.ndarray, al
     blended = np.round((1 - alpha) * 77 + alpha * PALETTE[ids].astype(float))
     on_colour_or_blend = (picture == PALETTE[ids]).all(-1) | (np.abs(picture - blended) <= 1).all(-1)
     assert on_colour_or_blend[ids != 0].all()
+
+
+# --- Evaluated overlay: errors drawn where they are, in styles told apart without hue -------------------
+
+GREY = 77
+
+
+def grey_frame(shape: tuple[int, int] = (60, 80)) -> np.ndarray:
+    return np.full((*shape, 3), GREY, dtype=np.uint8)
+
+
+def tint(colour: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    return np.round((1 - alpha) * GREY + alpha * colour.astype(float))
+
+
+def square(shape: tuple[int, int], rows: slice, cols: slice, value: int = 1) -> np.ndarray:
+    ids = np.zeros(shape, dtype=np.uint8)
+    ids[rows, cols] = value
+    return ids
+
+
+def test_a_perfect_prediction_shows_no_error_pixels():
+    frame = grey_frame()
+    gt = square((60, 80), slice(10, 30), slice(10, 30), 1) + square((60, 80), slice(35, 50), slice(40, 70), 2)
+    missed, wrong = error_masks(gt, gt)
+    assert not missed.any() and not wrong.any()
+    picture = evaluated_overlay(frame, gt, gt)
+    np.testing.assert_array_equal(picture[gt == 0], frame[gt == 0])
+    for object_id in (1, 2):
+        assert (np.abs(picture[gt == object_id] - tint(PALETTE[object_id])) <= 1).all()
+
+
+def test_a_shifted_prediction_shows_misses_and_wrong_pixels_where_they_are():
+    frame = grey_frame()
+    gt = square((60, 80), slice(10, 30), slice(10, 30))
+    pred = square((60, 80), slice(10, 30), slice(16, 36))  # 6 px to the right
+    missed, wrong = error_masks(pred, gt)
+    np.testing.assert_array_equal(missed, square((60, 80), slice(10, 30), slice(10, 16)).astype(bool))
+    np.testing.assert_array_equal(wrong, square((60, 80), slice(10, 30), slice(30, 36)).astype(bool))
+    picture = evaluated_overlay(frame, pred, gt)
+    stripes = (np.add.outer(np.arange(60), np.arange(80)) % HATCH_PERIOD) < HATCH_PERIOD // 2
+    assert (picture[missed & stripes] == PALETTE[1]).all()  # hatched: the missed object's colour ...
+    assert (picture[missed & ~stripes] == 255).all()  # ... alternating with white
+    outline = wrong & ~square((60, 80), slice(10 + WRONG_OUTLINE, 30 - WRONG_OUTLINE), slice(30 + WRONG_OUTLINE, 36 - WRONG_OUTLINE)).astype(bool)
+    assert (picture[outline] == 0).all()  # wrong pixels: outlined in black ...
+    assert (picture[wrong & ~outline] == PALETTE[1]).all()  # ... filled with the claimed object's colour
+    correct = (pred == 1) & (gt == 1)
+    assert (np.abs(picture[correct] - tint(PALETTE[1])) <= 1).all()
+    untouched = ~(missed | wrong | correct)
+    np.testing.assert_array_equal(picture[untouched], frame[untouched])
+
+
+def test_an_id_swap_is_marked_with_both_colours():
+    frame = grey_frame()
+    gt = square((60, 80), slice(10, 30), slice(10, 30), 1) + square((60, 80), slice(10, 30), slice(40, 60), 2)
+    pred = np.where(gt == 1, 2, np.where(gt == 2, 1, 0)).astype(np.uint8)
+    missed, wrong = error_masks(pred, gt)
+    np.testing.assert_array_equal(missed, gt > 0)
+    np.testing.assert_array_equal(wrong, gt > 0)
+    picture = evaluated_overlay(frame, pred, gt)
+    stripes = (np.add.outer(np.arange(60), np.arange(80)) % HATCH_PERIOD) < HATCH_PERIOD // 2
+    inner = np.zeros((60, 80), dtype=bool)
+    inner[10 + WRONG_OUTLINE : 30 - WRONG_OUTLINE, 10 + WRONG_OUTLINE : 30 - WRONG_OUTLINE] = True
+    inner[10 + WRONG_OUTLINE : 30 - WRONG_OUTLINE, 40 + WRONG_OUTLINE : 60 - WRONG_OUTLINE] = True
+    assert (picture[inner & stripes] == PALETTE[gt[inner & stripes]]).all()  # the true object's stripes
+    assert (picture[inner & ~stripes] == PALETTE[pred[inner & ~stripes]]).all()  # over the claimed object's colour
+    assert (picture[(gt > 0) & ~inner] == 0).all()
+    assert not (np.abs(picture[gt > 0] - tint(PALETTE[1])) <= 1).all(-1).any()  # nothing reads as correct
+
+
+def test_side_by_side_puts_the_ground_truth_on_the_right():
+    frame = grey_frame()
+    gt = square((60, 80), slice(10, 30), slice(10, 30))
+    pred = square((60, 80), slice(10, 30), slice(16, 36))
+    picture = side_by_side(frame, pred, gt)
+    assert picture.shape == (60, 160, 3)
+    np.testing.assert_array_equal(picture[:, :80], overlay(frame, pred))
+    np.testing.assert_array_equal(picture[:, 80:], overlay(frame, gt))
+    np.testing.assert_array_equal(side_by_side(frame, pred, None)[:, 80:], frame)
+
+
+def test_bands_go_below_the_picture_never_over_it():
+    frame = grey_frame((60, 400))
+    caption = caption_band(Caption("frame 00012", {1: "J 0.900  F 0.800", 2: "J 0.100  F 0.200"}, legend=True), 400, 1)
+    timeline = Timeline(400, 10)
+    strip = timeline.add(0, {1: 1.0, 2: 0.0})
+    picture = with_bands(frame, caption, strip)
+    assert caption.shape == (2 * ROW_HEIGHT, 400, 3) and strip.shape == (TIMELINE_HEIGHT, 400, 3)
+    assert picture.shape == (60 + 2 * ROW_HEIGHT + TIMELINE_HEIGHT, 400, 3)
+    np.testing.assert_array_equal(picture[:60], frame)
+
+
+def test_the_timeline_plots_each_value_and_moves_its_cursor():
+    timeline = Timeline(100, 11)
+    first = timeline.add(0, {1: 1.0})
+    assert (first[:, 0] == TEXT_COLOUR).all()  # the cursor, at frame 0 of 11
+    strip = timeline.add(10, {1: 0.0})
+    assert (strip[:, 99] == TEXT_COLOUR).all() and not (strip[:, 50] == TEXT_COLOUR).all()
+    assert (strip[:, :98] == PALETTE[1]).all(-1).any()  # a point from frame 0 stays plotted
+    assert caption_rows(400, 2) == 1 and caption_rows(400, 50) == MAX_OBJECT_ROWS

@@ -1,0 +1,81 @@
+"""Overlay painters: the picture, its caption and its timeline, frame by frame, with ground truth read as it comes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dinotrack.masks import write_label_map
+from dinotrack.render import ROW_HEIGHT, TIMELINE_HEIGHT, Caption, caption_band, evaluated_overlay, overlay, side_by_side
+from dinotrack.sinks import EvaluatedPainter, GroundTruth, PlainPainter, Prediction
+from dinotrack.sources import Frame
+from dinotrack.structs import UsageError
+
+SIZE = (48, 400)
+
+
+def label_map(column: int) -> np.ndarray:
+    ids = np.zeros(SIZE, dtype=np.uint8)
+    ids[10:30, column : column + 20] = 1
+    ids[30:40, 200:260] = 2
+    return ids
+
+
+@pytest.fixture
+def gt_folder(tmp_path: Path) -> Path:
+    """Ground truth for frames 00000 and 00002 (none for 00001)."""
+    for stem in ("00000", "00002"):
+        write_label_map(tmp_path / f"{stem}.png", label_map(50))
+    return tmp_path
+
+
+def frame(index: int) -> Frame:
+    rgb = np.random.default_rng(index).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    return Frame(index, f"{index:05d}", rgb)
+
+
+def test_ground_truth_is_read_per_frame_and_checked(gt_folder: Path, tmp_path: Path):
+    truth = GroundTruth(gt_folder, SIZE)
+    assert truth.objects == [1, 2]
+    np.testing.assert_array_equal(truth.get("00002"), label_map(50))
+    assert truth.get("00001") is None
+    with pytest.raises(UsageError, match="frames' size"):
+        GroundTruth(gt_folder, (24, 200))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no PNG masks"):
+        GroundTruth(tmp_path / "empty", SIZE)
+
+
+def test_the_evaluated_picture_has_its_scores_below_it(gt_folder: Path):
+    painter = EvaluatedPainter(SIZE, 3, GroundTruth(gt_folder, SIZE))
+    pred = label_map(60)  # object 1 shifted by 10 px: J = 10/30, F = 0.475 (4 px tolerance)
+    picture = painter.paint(frame(0), Prediction(pred, {1: 0.9, 2: 0.8}))
+    assert painter.size == picture.shape[:2] == (SIZE[0] + 2 * ROW_HEIGHT + TIMELINE_HEIGHT, SIZE[1])
+    np.testing.assert_array_equal(picture[: SIZE[0]], evaluated_overlay(frame(0).rgb, pred, label_map(50)))
+    caption = Caption("frame 00000", {1: "J 0.333  F 0.475", 2: "J 1.000  F 1.000"}, legend=True)
+    np.testing.assert_array_equal(picture[SIZE[0] : SIZE[0] + 2 * ROW_HEIGHT], caption_band(caption, SIZE[1], 1))
+
+
+def test_a_frame_without_ground_truth_says_so(gt_folder: Path):
+    painter = EvaluatedPainter(SIZE, 3, GroundTruth(gt_folder, SIZE))
+    pred = label_map(60)
+    picture = painter.paint(frame(1), Prediction(pred, {1: 0.9}))
+    np.testing.assert_array_equal(picture[: SIZE[0]], overlay(frame(1).rgb, pred))
+    caption = caption_band(Caption("frame 00001", note="no ground truth"), SIZE[1], 1)
+    np.testing.assert_array_equal(picture[SIZE[0] : SIZE[0] + 2 * ROW_HEIGHT], caption)
+
+
+def test_side_by_side_is_twice_as_wide(gt_folder: Path):
+    painter = EvaluatedPainter(SIZE, 3, GroundTruth(gt_folder, SIZE), side=True)
+    picture = painter.paint(frame(0), Prediction(label_map(60), {}))
+    assert painter.mode == "side-by-side" and picture.shape[:2] == painter.size == (painter.size[0], 2 * SIZE[1])
+    np.testing.assert_array_equal(picture[: SIZE[0]], side_by_side(frame(0).rgb, label_map(60), label_map(50)))
+
+
+def test_the_plain_caption_gives_area_and_confidence():
+    painter = PlainPainter(SIZE, None, [1, 2])
+    picture = painter.paint(frame(0), Prediction(label_map(50), {1: 0.875, 2: 0.5}))
+    caption = Caption("frame 00000", {1: "2.1%  conf 0.88", 2: "3.1%  conf 0.50"})  # 400 and 600 of 19200 pixels
+    np.testing.assert_array_equal(picture[SIZE[0] : SIZE[0] + 2 * ROW_HEIGHT], caption_band(caption, SIZE[1], 1))
