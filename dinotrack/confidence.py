@@ -1,22 +1,22 @@
 """How sure the tracker is of each object, frame by frame, without ground truth.
 
 **Confidence** of object ``o`` on a propagated frame: the mean, over the
-pixels the output mask gives to ``o``, of the *margin* of the patch each
-pixel lies in, where a patch's margin for ``o`` is its propagated
-probability of ``o`` minus the highest probability of any other label
-(background included):
+pixels the output mask gives to ``o``, of ``o``'s *margin*: its propagated
+probability minus the highest probability of any other label (background
+included), computed per patch and upsampled bilinearly to the pixels as
+the masks' decoding upsamples the probabilities:
 
-    margin_o(patch) = p_o(patch) - max_{l != o} p_l(patch)         in [-1, 1]
-    confidence_o = sum_patches a_o * margin_o / sum_patches a_o    clipped to [0, 1]
+    margin_o(patch) = p_o(patch) - max_{l != o} p_l(patch)              in [-1, 1]
+    confidence_o = mean over the pixels of o's mask of upsampled margin_o  clipped to [0, 1]
 
-``a_o(patch)`` is the fraction of the patch's pixels that the output mask
-gives to ``o`` (the mask averaged onto the patch grid), so the confidence
-describes the mask that was written, small objects included. 1 means every
-pixel of the object lies in patches that the propagation gives to it alone;
-0 that the object has no pixel, or that where it was drawn another label is
-at least as probable. A keyframe's objects have confidence 1 (their mask is
-given). Objects not tracked on a frame (not yet given, or ended by a
-keyframe) have none.
+1 means every pixel of the object lies where the propagation gives it to
+``o`` alone; 0 that the object has no pixel, or that where it was drawn
+another label is on average at least as probable (the mask's per-label
+normalisation and colour refinement can draw an object where its raw
+probability is not the highest). A keyframe's objects have confidence 1
+(their mask is given). Objects not tracked on a frame (not yet given, or
+ended by a keyframe) have none. How well it predicts the true J is measured
+in the README (``scripts/oracle_eval.py --confidence``).
 
 **Low-confidence frames** are where an object's confidence drops sharply:
 frame ``t`` (not a keyframe) is flagged for ``o`` when ``confidence_o(t)``
@@ -66,13 +66,15 @@ def object_confidence(probs: torch.Tensor, labels: Sequence[int], ids: np.ndarra
     (default: ``labels[1:]``). Returns ``{object id: confidence in [0, 1]}``.
     """
     margins = patch_margins(probs)
-    grid = (margins.shape[2], margins.shape[1])
+    size = (ids.shape[1], ids.shape[0])
     scores = {}
     for label in labels[1:] if tracked is None else tracked:
-        area = cv2.resize((ids == label).view(np.uint8).astype(np.float32), grid, interpolation=cv2.INTER_AREA)
-        total = float(area.sum())
-        mean = float((area * margins[labels.index(label)]).sum()) / total if total > 0 else 0.0
-        scores[label] = min(max(mean, 0.0), 1.0)
+        mask = (ids == label).view(np.uint8)
+        if not mask.any():
+            scores[label] = 0.0
+            continue
+        margin = cv2.resize(margins[labels.index(label)], size, interpolation=cv2.INTER_LINEAR)
+        scores[label] = min(max(cv2.mean(margin, mask=mask)[0], 0.0), 1.0)
     return scores
 
 

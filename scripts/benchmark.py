@@ -6,8 +6,10 @@ and the literal full-matrix reference of dinotrack.testing, on the same
 features, with the context queue full), upsample + argmax, PNG writing and the
 overlay; then frames/s of ``dinotrack track`` on a looped clip, run as a user
 runs it (a fresh process, start-up included, ``--preset`` as given), against the
-bare backbone forward passes on the same frames; and last, peak RSS of
-``dinotrack track`` on a long and a short video.
+bare backbone forward passes on the same frames; then peak RSS of
+``dinotrack track`` on a long and a short video; and last, the cost of each
+overlay mode (``--overlay plain``, ``evaluated``, ``side-by-side``) per frame
+on one thread, against DAVIS ground truth.
 
 Frames are the DAVIS sequences of ``../shared/data`` (854x480) played one after
 another and looped, or the sample clip upscaled to 854x480 where that folder is
@@ -21,6 +23,7 @@ best of several end-to-end runs.
     python scripts/benchmark.py --only propagation --short-sides 960
     python scripts/benchmark.py --only end-to-end --short-sides 480 --frames 100 --repeats 3
     python scripts/benchmark.py --only memory --memory-frames 150,1500
+    python scripts/benchmark.py --only overlay-modes
     python scripts/benchmark.py --device cuda --model vitl16 --short-sides 960
 """
 
@@ -54,20 +57,24 @@ from dinotrack.masks import object_ids, read_label_map, write_label_map  # noqa:
 from dinotrack.propagate import LabelPropagator, labels_to_probs  # noqa: E402
 from dinotrack.refine import probs_to_ids  # noqa: E402
 from dinotrack.render import overlay  # noqa: E402
-from dinotrack.sources import VideoWriter, open_source  # noqa: E402
+from dinotrack.sinks import EvaluatedPainter, GroundTruth, Painter, PlainPainter, Prediction  # noqa: E402
+from dinotrack.sources import Frame, VideoWriter, open_source  # noqa: E402
 from dinotrack.structs import TrackConfig  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 SAMPLE = REPO / "sample_videos"
 FRAME_SIZE = (480, 854)
 FPS = 24.0
-STAGES = ("decode", "backbone", "propagation", "output", "overlay", "end-to-end", "memory")
+STAGES = ("decode", "backbone", "propagation", "output", "overlay", "end-to-end", "memory", "overlay-modes")
 NEEDS_FEATURES = {"backbone", "propagation", "output", "overlay"}
 OUTPUT_FRAMES = 50
 """Frames over which upsample/argmax, PNG writing and the overlay are timed."""
 PROPAGATION_TARGET = (960, 10.0)  # at this S, fast must beat literal by this factor
 END_TO_END_TARGET = (480, 1.2)  # at this S, end to end within this factor of the bare backbone
 MEMORY_TARGET = 1.1  # peak RSS of the long video within this factor of the short one
+EVALUATED_TARGET = 10.0  # ms per 854x480 frame that the evaluated overlay may cost above the plain one
+ERROR_SHIFT = 8
+"""Pixels by which the overlay-modes stage shifts the ground truth to make a prediction with errors."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
 
 
@@ -645,6 +652,48 @@ def memory_table(work: Workspace, counts: list[int]) -> Table:
     return table
 
 
+# --- overlay modes -------------------------------------------------------------------------
+
+
+def overlay_modes_table() -> Table:
+    """Each overlay painter on one thread: a DAVIS sequence's frames and ground truth at 854x480, the
+    prediction its ground truth shifted by ``ERROR_SHIFT`` pixels (misses and wrong pixels on every object).
+
+    A painter's time is the whole picture: ground truth read from PNG, J and F,
+    the picture, the caption and the timeline (not the H.264 encoding)."""
+    table = Table(f"Overlay modes, one thread; load at start {load_average()}", ("mode", "ms/frame", "CPU ms/frame", "notes"))
+    sequences = davis_sequences()
+    if not sequences:
+        table.add("(skipped)", "", "", f"needs the DAVIS ground truth in {DATA / 'DAVIS'}")
+        return table
+    gt_folder = DATA / "DAVIS" / "Annotations" / "480p" / sequences[0].name
+    frames = [Frame(index, file.stem, cv2.cvtColor(cv2.imread(str(file)), cv2.COLOR_BGR2RGB))
+              for index, file in enumerate(sorted(sequences[0].glob("*.jpg"))[:OUTPUT_FRAMES])]
+    predictions = [Prediction(np.roll(read_label_map(gt_folder / f"{frame.stem}.png"), ERROR_SHIFT, axis=1), {1: 0.9})
+                   for frame in frames]
+    truth = GroundTruth(gt_folder, FRAME_SIZE)
+    painters: dict[str, Callable[[], Painter]] = {
+        "plain": lambda: PlainPainter(FRAME_SIZE, len(frames), truth.objects),
+        "evaluated": lambda: EvaluatedPainter(FRAME_SIZE, len(frames), truth),
+        "side-by-side": lambda: EvaluatedPainter(FRAME_SIZE, len(frames), truth, side=True),
+    }
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        medians = {}
+        for mode, make in painters.items():
+            painter = make()
+            timings = [timed(painter.paint, frame, prediction)[1] for frame, prediction in zip(frames, predictions)]
+            medians[mode] = statistics.median(timing.cpu for timing in timings) * 1000
+            table.add(f"--overlay {mode}", *median_ms(timings), f"median of {len(frames)} frames of {sequences[0].name}")
+    finally:
+        cv2.setNumThreads(threads)
+    extra = medians["evaluated"] - medians["plain"]
+    verdict = "met" if extra <= EVALUATED_TARGET else "MISSED"
+    table.add("evaluated - plain", "", f"{extra:.1f}", f"target <= {EVALUATED_TARGET:g} ms (CPU time): {verdict}")
+    return table
+
+
 # --- one table per short side ----------------------------------------------------------------
 
 
@@ -720,11 +769,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dinotrack-benchmark-") as folder:
         work = Workspace(Path(folder), args)
         decoded = decode_rows(work) if "decode" in args.only else []
-        if args.only - {"memory"}:
+        if args.only - {"memory", "overlay-modes"}:
             for short_side in args.short_sides:
                 setting_table(work, short_side, decoded).print()
         if "memory" in args.only:
             memory_table(work, sorted(args.memory_frames)).print()
+        if "overlay-modes" in args.only:
+            overlay_modes_table().print()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,23 @@
-"""Make the README's pictures: a frame of overlay.mp4 and a metrics.png, from the sample clip.
+"""Make the README's pictures: overlay frames, metrics.png and a screenshot of the report page.
 
-Real DINOv3 weights cannot be downloaded where dinotrack is built, so the
-clip is tracked from noisy oracle features (see scripts/oracle_eval.py):
-the pictures show what dinotrack writes, not how good a backbone is.
+Real DINOv3 weights cannot be downloaded where dinotrack is built, so videos
+are tracked from noisy oracle features (see scripts/oracle_eval.py): the
+pictures show what dinotrack writes, not how good a backbone is.
 
-    python scripts/make_readme_figures.py            # writes docs/overlay.png and docs/metrics.png
+- ``docs/overlay.png``: a frame of the plain overlay of the sample clip;
+- ``docs/evaluated.png``: the worst frame of the evaluated overlay of DAVIS
+  bmx-trees (the sample clip's where ../shared/data is absent);
+- ``docs/metrics.png``: the sample clip's metrics.png;
+- ``docs/report.png``: the top of the report page of the DAVIS sequences
+  (or the sample clip), screenshot in headless Chromium (skipped without it).
+
+    python scripts/make_readme_figures.py
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -19,16 +27,25 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from oracle_eval import Setting, write_oracle_cache  # noqa: E402
+from oracle_eval import DAVIS, Setting, write_oracle_cache  # noqa: E402
 
-from dinotrack.pipeline import track_video  # noqa: E402
-from dinotrack.structs import PRESETS  # noqa: E402
+from dinotrack.pipeline import RunOptions, RunReport, track_video  # noqa: E402
+from dinotrack.report import write_report  # noqa: E402
+from dinotrack.testing.browser import headless_chromium, missing_browser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_videos"
+SHORT_SIDE = 240
 
 
-def overlay_frame(video: Path, index: int, target: Path) -> None:
+def track_oracle(frames: Path, mask: Path, gt: Path, run: Path, work: Path, *, noise: float, overlay: str) -> RunReport:
+    """Track from oracle features of ``gt`` with ``noise``; with ground truth, so scored and reported."""
+    cache = write_oracle_cache(work / f"cache-{run.name}", gt, Setting(SHORT_SIDE, noise, 0), dim=64, seed=0)
+    options = RunOptions(short_side=SHORT_SIDE, overlay=overlay, device="cpu")
+    return track_video(frames, mask, run, options, features=cache, gt=gt)
+
+
+def video_frame(video: Path, index: int, target: Path) -> None:
     """Save frame ``index`` of ``video`` as a PNG."""
     capture = cv2.VideoCapture(str(video))
     capture.set(cv2.CAP_PROP_POS_FRAMES, index)
@@ -39,25 +56,61 @@ def overlay_frame(video: Path, index: int, target: Path) -> None:
     cv2.imwrite(str(target), bgr)
 
 
+def worst_frame(run: Path) -> int:
+    """The frame index with the lowest mean J&F over the run's objects."""
+    objects = json.loads((run / "metrics.json").read_text())["objects"]
+    quality: dict[str, list[float]] = {}
+    for item in objects:
+        for frame, j, f in zip(item["frames"], item["J"], item["F"]):
+            quality.setdefault(frame, []).append((j + f) / 2)
+    stems = sorted(path.stem for path in (run / "masks").glob("*.png"))
+    return stems.index(min(quality, key=lambda frame: sum(quality[frame]) / len(quality[frame])))
+
+
+def screenshot(page: Path, target: Path, size: tuple[int, int]) -> None:
+    driver = headless_chromium(*size)
+    try:
+        driver.get(page.as_uri())
+        driver.save_screenshot(str(target))
+    finally:
+        driver.quit()
+
+
+def videos() -> list[tuple[str, Path, Path]]:
+    """``(name, frames, ground truth)`` of the report's runs: the DAVIS sequences, or the sample clip without them."""
+    annotations = DAVIS / "Annotations" / "480p"
+    if not (DAVIS / "JPEGImages" / "480p").is_dir():
+        return [("shapes", SAMPLE / "shapes.mp4", SAMPLE / "shapes_gt")]
+    names = sorted(path.name for path in annotations.iterdir() if path.is_dir())
+    return [(name, DAVIS / "JPEGImages" / "480p" / name, annotations / name) for name in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=ROOT / "docs", help="folder for overlay.png and metrics.png")
-    parser.add_argument("--frame", type=int, default=20, help="which overlay frame to show")
-    parser.add_argument("--noise", type=float, default=1.0, help="noise norm added to the oracle features")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs", help="folder for the PNGs")
+    parser.add_argument("--frame", type=int, default=20, help="which frame of the sample clip's plain overlay to show")
+    parser.add_argument("--noise", type=float, default=1.5, help="noise norm added to the oracle features")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dinotrack-figures-") as work:
-        work = Path(work)
-        cache = write_oracle_cache(work / "cache", SAMPLE / "shapes_gt", Setting(240, args.noise, 0), dim=64, seed=0)
-        run = work / "run"
-        report = track_video(
-            SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png", run,
-            config=PRESETS["default"].replace(short_side=240), features=cache, gt=SAMPLE / "shapes_gt",
-        )
-        overlay_frame(run / "overlay.mp4", args.frame, args.output / "overlay.png")
-        shutil.copyfile(run / "metrics.png", args.output / "metrics.png")
-    print(f"Wrote {args.output / 'overlay.png'} and {args.output / 'metrics.png'} "
-          f"(J&F-Mean {report.metrics.scores.jf_mean:.3f} on noisy oracle features)")
+    with tempfile.TemporaryDirectory(prefix="dinotrack-figures-") as temporary:
+        work = Path(temporary)
+        sample = track_oracle(SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png", SAMPLE / "shapes_gt",
+                              work / "plain" / "shapes", work, noise=args.noise, overlay="plain")
+        video_frame(sample.output / "overlay.mp4", args.frame, args.output / "overlay.png")
+        shutil.copyfile(sample.output / "metrics.png", args.output / "metrics.png")
+        runs = work / "runs"
+        for name, frames, gt in videos():
+            track_oracle(frames, gt / "00000.png", gt, runs / name, work, noise=args.noise, overlay="evaluated")
+        evaluated = runs / "bmx-trees" if (runs / "bmx-trees").is_dir() else runs / "shapes"
+        video_frame(evaluated / "overlay.mp4", worst_frame(evaluated), args.output / "evaluated.png")
+        page = write_report(runs)
+        reason = missing_browser()
+        if reason:
+            print(f"Skipped docs/report.png: {reason}")
+        else:
+            screenshot(page, args.output / "report.png", (1200, 1500))
+    print(f"Wrote the figures to {args.output} (J&F-Mean of the sample clip {sample.metrics.scores.jf_mean:.3f} "
+          "on noisy oracle features)")
 
 
 if __name__ == "__main__":

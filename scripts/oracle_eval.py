@@ -22,6 +22,13 @@ scores, since their output is the ground truth itself.
     PYTHONPATH=. python scripts/oracle_eval.py                       # S=480 and 960, noise 0, 1, 1.5
     PYTHONPATH=. python scripts/oracle_eval.py --short-side 480 --noise 1 --keyframe-every 10
     PYTHONPATH=. python scripts/oracle_eval.py --variant paper:first_mask=area --sequences dog
+    PYTHONPATH=. python scripts/oracle_eval.py --short-side 480 --noise 1 1.5 --preset default --confidence
+
+With ``--confidence`` the table gains how well the tracking confidence
+(``dinotrack.confidence``, recorded per object and frame in ``run.json``)
+predicts the true per-frame J: Spearman's rank correlation over every scored
+frame of every object (keyframes left out), pooled over the sequences
+("ρ all") and within each sequence.
 
 It reads ``../shared/data/DAVIS`` (``JPEGImages/480p`` and ``Annotations/480p``)
 next to the repository and prints a markdown table: J, F and J&F-Mean (in %)
@@ -37,7 +44,7 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +76,16 @@ class Setting:
         return f"| {self.short_side} | {self.noise:g} | {keyframes} "
 
 
+@dataclass
+class Tracked:
+    """One sequence tracked: each object's scores (keyframes left out), propagation seconds per frame,
+    and ``(confidence, J)`` of every scored object and frame."""
+
+    scores: list[Scores]
+    seconds: float
+    pairs: list[tuple[float, float]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Row:
     """A configuration to compare: a preset name, or ``base:field=value,...``."""
@@ -89,7 +106,7 @@ def parse_variant(spec: str) -> Row:
         if key not in types:
             raise SystemExit(f"--variant {spec!r}: TrackConfig has no field {key!r} (fields: {', '.join(types)}).")
         values[key] = _parse_value(text)
-    return Row(spec, RunOptions(preset=base, overlay=False, tweaks=values))
+    return Row(spec, RunOptions(preset=base, overlay="none", tweaks=values))
 
 
 def _parse_value(text: str) -> object:
@@ -139,12 +156,8 @@ def keyframe_folder(gt_dir: Path, every: int, folder: Path) -> Path:
     return folder
 
 
-def track_and_score(sequence: str, row: Row, setting: Setting, cache: Path, work: Path) -> tuple[list[Scores], float]:
-    """Track one sequence from its oracle cache.
-
-    Returns each object's scores over the frames that are not keyframes, and
-    the propagation seconds per frame.
-    """
+def track_and_score(sequence: str, row: Row, setting: Setting, cache: Path, work: Path) -> Tracked:
+    """Track one sequence from its oracle cache and score it over the frames that are not keyframes."""
     frames = DAVIS / "JPEGImages" / "480p" / sequence
     gt_dir = DAVIS / "Annotations" / "480p" / sequence
     mask = keyframe_folder(gt_dir, setting.keyframe_every, work / "keyframes") if setting.keyframe_every else gt_dir / "00000.png"
@@ -154,8 +167,16 @@ def track_and_score(sequence: str, row: Row, setting: Setting, cache: Path, work
     stems = [file.stem for file in sorted(gt_dir.glob("*.png"))]
     keyframes = set(stems[:: setting.keyframe_every]) if setting.keyframe_every else {stems[0]}
     scores = [_without(result, keyframes) for result in report.objects]
+    confidence = run.record.confidence or {}
+    position = {stem: index for index, stem in enumerate(stems)}
+    pairs = [
+        (confidence[str(result.object_id)][position[frame]], j)
+        for result in report.objects
+        for frame, j in zip(result.frames, result.j)
+        if frame not in keyframes and confidence[str(result.object_id)][position[frame]] is not None
+    ]
     shutil.rmtree(work)
-    return scores, run.seconds.get("propagate", 0.0) / max(run.frames_done, 1)
+    return Tracked(scores, run.seconds.get("propagate", 0.0) / max(run.frames_done, 1), pairs)
 
 
 def _without(result: ObjectResult, keyframes: set[str]) -> Scores:
@@ -176,6 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=32, help="feature dimensions, label fractions padded with zeros")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="add one J&F column per sequence")
+    parser.add_argument("--confidence", action="store_true",
+                        help="add Spearman's correlation of the tracking confidence with the true per-frame J")
     return parser.parse_args(argv)
 
 
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"Unknown sequence(s) {', '.join(unknown)}; {annotations} holds {', '.join(sorted(p.name for p in annotations.iterdir()))}.")
     try:
-        rows = [Row(name, RunOptions(preset=name, overlay=False)) for name in args.preset]
+        rows = [Row(name, RunOptions(preset=name, overlay="none")) for name in args.preset]
         rows += [parse_variant(spec) for spec in args.variant]
     except DinotrackError as error:
         sys.exit(f"--variant: {error}")
@@ -199,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     header = "| S | noise | keyframes | preset | J | F | J&F | ms/frame |"
     if args.verbose:
         header += "".join(f" {s} |" for s in sequences)
+    if args.confidence:
+        header += " ρ all |" + "".join(f" ρ {s} |" for s in sequences)
     print(header)
     print("|" + "---|" * (header.count("|") - 1), flush=True)
     with tempfile.TemporaryDirectory(prefix="dinotrack-oracle-") as temporary:
@@ -208,18 +233,29 @@ def main(argv: list[str] | None = None) -> None:
                       for s in sequences}
             for row in rows:
                 results = [track_and_score(s, row, setting, caches[s], root / "work") for s in sequences]
-                print(_table_row(setting, row, results, verbose=args.verbose), flush=True)
+                print(_table_row(setting, row, results, verbose=args.verbose, confidence=args.confidence), flush=True)
             shutil.rmtree(root / "cache")
 
 
-def _table_row(setting: Setting, row: Row, results: list[tuple[list[Scores], float]], *, verbose: bool) -> str:
+def _table_row(setting: Setting, row: Row, results: list[Tracked], *, verbose: bool, confidence: bool) -> str:
     """One markdown row; every object of every sequence weighs the same in J, F and J&F."""
-    overall = Scores.average([scores for objects, _ in results for scores in objects])
-    ms = 1000 * float(np.mean([seconds for _, seconds in results]))
+    overall = Scores.average([scores for result in results for scores in result.scores])
+    ms = 1000 * float(np.mean([result.seconds for result in results]))
     cells = [f"{100 * overall.j_mean:.1f}", f"{100 * overall.f_mean:.1f}", f"**{100 * overall.jf_mean:.1f}**", f"{ms:.0f}"]
     if verbose:
-        cells += [f"{100 * Scores.average(objects).jf_mean:.1f}" for objects, _ in results]
+        cells += [f"{100 * Scores.average(result.scores).jf_mean:.1f}" for result in results]
+    if confidence:
+        cells += [_spearman([pair for result in results for pair in result.pairs])]
+        cells += [_spearman(result.pairs) for result in results]
     return setting.label + f"| {row.name} | " + " | ".join(cells) + " |"
+
+
+def _spearman(pairs: list[tuple[float, float]]) -> str:
+    """Spearman's rank correlation of ``(confidence, J)`` pairs, with how many there are."""
+    from scipy.stats import spearmanr
+
+    confidence, j = np.array(pairs, dtype=np.float64).reshape(-1, 2).T
+    return f"{spearmanr(confidence, j).statistic:.2f} (n={len(pairs)})" if len(pairs) > 2 else "–"
 
 
 if __name__ == "__main__":

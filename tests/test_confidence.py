@@ -21,13 +21,15 @@ def test_margins_are_each_label_minus_the_best_other():
 
 
 def test_confidence_is_the_mean_margin_over_the_object_pixels():
-    probs = probs_of(np.array([[0.9, 0.7], [0.5, 0.1]]))  # margins 0.8, 0.4, 0, -0.8 on a 2x2 grid
-    ids = np.zeros((20, 20), dtype=np.uint8)
-    ids[:10, :] = 1  # the two top patches, whole
-    assert object_confidence(probs, [0, 1], ids) == pytest.approx({1: 0.6})
-    ids[:10, 10:] = 0
-    ids[:5, :10] = 1  # half of the top-left patch: its margin alone
+    probs = probs_of(np.array([[0.9, 0.9, 0.7, 0.7]] * 2))  # margins 0.8 on the left half, 0.4 on the right
+    ids = np.zeros((20, 40), dtype=np.uint8)
+    ids[:, :10] = 1  # where the upsampled margin is 0.8 throughout
     assert object_confidence(probs, [0, 1], ids) == pytest.approx({1: 0.8})
+    ids[:, 30:] = 1  # as many pixels where it is 0.4
+    assert object_confidence(probs, [0, 1], ids) == pytest.approx({1: 0.6})
+    ids[:] = 0
+    ids[5, 19:21] = 1  # two pixels at the middle, halfway between the patch centres 0.8 and 0.4
+    assert object_confidence(probs, [0, 1], ids)[1] == pytest.approx(0.6, abs=0.05)
 
 
 def test_an_object_without_pixels_or_outvoted_has_confidence_zero():

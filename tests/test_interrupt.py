@@ -42,7 +42,7 @@ def masks_of(output: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     output = tmp_path_factory.mktemp("full") / "run"
-    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights, overlay=False))
+    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights, overlay="none"))
     return masks_of(output)
 
 
@@ -113,7 +113,7 @@ def test_signal_to_a_real_process(tiny_weights: Path, tmp_path: Path, sig: signa
 def test_resume_may_change_what_only_changes_speed(tiny_weights: Path, tmp_path: Path, uninterrupted):
     output = tmp_path / "run"
     stop, on_progress = stop_after(10)
-    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights, overlay=False), stop=stop, on_progress=on_progress)
+    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights, overlay="none"), stop=stop, on_progress=on_progress)
     result = CliRunner().invoke(app, ["track", str(VIDEO), "--mask", str(MASK), "--output", str(output), "--model", "tiny",
                                       "--weights", str(tiny_weights), "--device", "cpu", "--short-side", "64",
                                       "--batch-size", "3", "--workers", "1", "--no-overlay", "--resume"])

@@ -22,7 +22,7 @@ VIDEO, MASK = SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png"
 
 
 def tiny_options(weights: Path, **changes: object) -> RunOptions:
-    return RunOptions(model="tiny", weights=weights, device="cpu", short_side=64, overlay=False).replace(**changes)
+    return RunOptions(model="tiny", weights=weights, device="cpu", short_side=64, overlay="none").replace(**changes)
 
 
 def masks_of(output: Path) -> list[np.ndarray]:
@@ -112,7 +112,7 @@ def test_feature_cache_runs_record_the_cache_short_side(tmp_path: Path):
 
     cache = tmp_path / "cache"
     oracle_cache(cache, SAMPLE / "shapes_gt", (10, 18), (240, 426))
-    track_video(VIDEO, MASK, tmp_path / "run", RunOptions(overlay=False, device="cpu"), features=cache)
+    track_video(VIDEO, MASK, tmp_path / "run", RunOptions(overlay="none", device="cpu"), features=cache)
     assert RunRecord.read(tmp_path / "run").settings["short_side"] == 160
 
 
