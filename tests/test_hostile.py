@@ -1,7 +1,7 @@
 """Files built to hurt: each is refused with one clear paragraph, in bounded time and memory.
 
-Masks, for a start: a decompression bomb, a name that is not UTF-8, a
-symbolic link loop, a FIFO and device files. Each case runs through the
+Decompression bombs (masks and frames), a folder of 100,000 frames, names
+that are not UTF-8, symbolic link loops, FIFOs and device files. Each case runs through the
 real CLI with the tiny backbone (see ``test_errors.py`` for the helpers), and
 checks the exit status, the message, that there is no traceback and that no
 output (or no false output) was written. The bombs and broken headers are
@@ -10,6 +10,7 @@ built here in a few kB.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -23,14 +24,18 @@ import cv2
 import numpy as np
 import pytest
 
+from dinotrack import sources
 from dinotrack.inputs import MAX_IMAGE_PIXELS, image_size
 from dinotrack.masks import read_label_map
+from dinotrack.sources import open_source
 from dinotrack.structs import DinotrackError
 from test_errors import (  # noqa: F401  (ws is a fixture)
+    FRAME_SIZE,
     Workspace,
     assert_nothing_written,
     assert_reported,
     invoke,
+    noise_frames,
     ws,
 )
 
@@ -67,6 +72,35 @@ def jpeg_bomb(path: Path, size: tuple[int, int] = BOMB_SIZE) -> Path:
     data = bytearray(encoded.tobytes())
     frame_header = data.index(b"\xff\xc0")
     struct.pack_into(">HH", data, frame_header + 5, size[1], size[0])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def avi(path: Path, frames: int = 5, **header: int) -> Path:
+    """An MJPEG AVI of ``frames`` random 48x64 frames at 24 fps, with header fields overwritten.
+
+    ``header``: ``rate`` (the stream's frames per second, over a scale of 1),
+    ``length`` (its frame count) or ``size`` (``(width, height)`` in every
+    header and every frame's JPEG header, packed as ``width << 16 | height``).
+    """
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 24, FRAME_SIZE[::-1])
+    generator = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(generator.integers(0, 256, (*FRAME_SIZE, 3), dtype=np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    stream = data.index(b"strh") + 8  # AVISTREAMHEADER: ..., dwScale @20, dwRate @24, dwStart, dwLength @32
+    if "rate" in header:
+        struct.pack_into("<II", data, stream + 20, 1, header["rate"])
+    if "length" in header:
+        struct.pack_into("<I", data, stream + 32, header["length"])
+    if "size" in header:
+        width, height = header["size"] >> 16, header["size"] & 0xFFFF
+        struct.pack_into("<II", data, data.index(b"avih") + 8 + 32, width, height)
+        struct.pack_into("<ii", data, data.index(b"strf") + 8 + 4, width, height)
+        start = 0
+        while (start := data.find(b"\xff\xc0", start) + 1) > 0:
+            struct.pack_into(">HH", data, start + 4, height, width)
     path.write_bytes(bytes(data))
     return path
 
@@ -114,8 +148,32 @@ def fifo_never_read(path: Path) -> Iterator[Path]:
 # --- refused before anything is written ---------------------------------------------------------
 
 
+def frames_with_first(ws: Workspace, make: Callable[[Path], Path], name: str) -> list[object]:
+    """A ``track`` run whose frame folder starts with the file ``make`` builds."""
+    folder = ws.root / "hostile"
+    noise_frames(folder, 3, FRAME_SIZE)
+    (folder / "00000.png").unlink()
+    make(folder / name)
+    return ws.track(source=folder)
+
+
+def folder_holding(ws: Workspace, make: Callable[[Path], Path]) -> list[object]:
+    """A ``track`` run on the three good frames plus one more entry, built by ``make`` in the folder."""
+    make(ws.frames / "00003.png")
+    return ws.track()
+
+
+def non_utf8_frame(ws: Workspace) -> list[object]:
+    shutil.copy(ws.frames / "00002.png", non_utf8(ws.frames, b"00003\xff.png"))
+    return ws.track()
+
+
 def non_utf8_mask(ws: Workspace) -> list[object]:
     return ws.track(mask=Path(shutil.copy(ws.mask, non_utf8(ws.root, b"m\xe4sk.png"))))
+
+
+def non_utf8_folder(ws: Workspace) -> list[object]:
+    return ws.track(source=Path(shutil.copytree(ws.frames, non_utf8(ws.root, b"fr\xe4mes"))))
 
 
 CHARACTER_DEVICE = ("is a character device", "not a regular file", "was not opened")
@@ -124,10 +182,19 @@ LOOP = ("symbolic link loop",)
 
 CASES: dict[str, tuple[Callable[[Workspace], list[object]], tuple[str, ...]]] = {
     "mask-png-bomb": (lambda ws: ws.track(mask=png_bomb(ws.root / "bomb.png")), ("Mask", "bomb.png", *LIMIT_WORDS)),
+    "frame-png-bomb": (lambda ws: frames_with_first(ws, png_bomb, "00000.png"), ("00000.png", *LIMIT_WORDS, "downscale")),
+    "frame-jpeg-bomb": (lambda ws: frames_with_first(ws, jpeg_bomb, "00000.jpg"), ("00000.jpg", *LIMIT_WORDS, "downscale")),
+    "source-dev-zero": (lambda ws: ws.track(source=Path("/dev/zero")), ("/dev/zero", *CHARACTER_DEVICE)),
+    "source-dev-null": (lambda ws: ws.track(source=Path("/dev/null")), ("/dev/null", *CHARACTER_DEVICE)),
     "mask-dev-zero": (lambda ws: ws.track(mask=Path("/dev/zero")), ("Mask /dev/zero", *CHARACTER_DEVICE)),
     "mask-dev-null": (lambda ws: ws.track(mask=Path("/dev/null")), ("Mask /dev/null", *CHARACTER_DEVICE)),
+    "frame-dev-zero": (lambda ws: folder_holding(ws, lambda path: path.symlink_to("/dev/zero")), ("holds 00003.png", *CHARACTER_DEVICE)),
+    "source-link-loop": (lambda ws: ws.track(source=link_loop(ws.root / "loop.mp4")), ("loop.mp4", *LOOP)),
     "mask-link-loop": (lambda ws: ws.track(mask=link_loop(ws.root / "loop.png")), ("Mask", "loop.png", *LOOP)),
+    "frame-link-loop": (lambda ws: folder_holding(ws, link_loop), ("holds 00003.png", *LOOP)),
+    "source-non-utf8-folder": (non_utf8_folder, ("fr\\xe4mes", *NOT_UTF8)),
     "mask-non-utf8": (non_utf8_mask, ("Mask", "m\\xe4sk.png", *NOT_UTF8)),
+    "frame-non-utf8": (non_utf8_frame, ("holds 00003\\xff.png", *NOT_UTF8)),
 }
 
 
@@ -147,13 +214,57 @@ def test_bombs_are_small_valid_images_of_240_megapixels(tmp_path: Path) -> None:
     assert np.prod(BOMB_SIZE) > MAX_IMAGE_PIXELS >= 7680 * 4320 * 2  # 8K frames pass, twice over
 
 
-@pytest.mark.parametrize("where", ["mask"])
+@pytest.mark.parametrize("where", ["source", "mask", "frame"])
 def test_fifo_is_refused_without_being_opened(ws: Workspace, where: str) -> None:
     with fifo_never_read(ws.root / "pipe.png" if where != "frame" else ws.frames / "00003.png") as fifo:
         args = {"source": ws.track(source=fifo), "mask": ws.track(mask=fifo), "frame": ws.track()}[where]
         status, output = invoke(args)
     assert_reported(status, output, 2, ("FIFO (named pipe)", "not a regular file", "was not opened"))
     assert_nothing_written(ws.output)
+
+
+def test_non_utf8_video_name(ws: Workspace) -> None:
+    """OpenCV would crash the whole process (segmentation fault) on this name if it were given it."""
+    video = avi(ws.root / "clip.avi").rename(non_utf8(ws.root, b"cl\xefp.avi"))
+    status, output = invoke(ws.track(source=video))
+    assert_reported(status, output, 2, ("cl\\xefp.avi", *NOT_UTF8))
+    assert_nothing_written(ws.output)
+
+
+# --- failing midway: what was done is kept and marked --------------------------------------------
+
+
+def test_bomb_among_the_frames_fails_the_run_at_that_frame(ws: Workspace) -> None:
+    png_bomb(ws.frames / "00003.png")
+    status, output = invoke(ws.track())
+    assert_reported(status, output, 1, ("00003.png", *LIMIT_WORDS))
+    run = json.loads((ws.output / "run.json").read_text())
+    assert (run["status"], run["frames_done"]) == ("failed", 3)
+    assert sorted(path.name for path in (ws.output / "masks").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+
+# --- a folder of 100,000 frames ------------------------------------------------------------------
+
+
+def test_folder_of_100k_frames_opens_without_decoding_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first frame is real; the others are empty files, which would fail if they were decoded."""
+    count = 100_000
+    cv2.imwrite(str(tmp_path / "0.png"), np.zeros((*FRAME_SIZE, 3), np.uint8))
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for index in range(1, count):
+            os.close(os.open(f"{index}.png", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=folder))
+    finally:
+        os.close(folder)
+    decoded = []
+    imread = cv2.imread
+    monkeypatch.setattr(sources.cv2, "imread", lambda path, *flags: decoded.append(path) or imread(path, *flags))
+    source = open_source(tmp_path)
+    assert decoded == [str(tmp_path / "0.png")]
+    assert (source.frame_count, source.size) == (count, FRAME_SIZE)
+    assert [source.stem(index) for index in (0, 9, 10, 99, 100, count - 1)] == ["0", "9", "10", "99", "100", str(count - 1)]
+    with pytest.raises(DinotrackError, match="damaged or not a .jpg/.png"):
+        next(source.frames(start=count - 1))
 
 
 # --- masks: the same checks without the CLI --------------------------------------------------------
