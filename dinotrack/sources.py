@@ -5,10 +5,16 @@ Frames are decoded one at a time; nothing here holds a whole video in memory.
 
 Hostile inputs are refused before they are opened or decoded (see
 :mod:`dinotrack.inputs` for the checks): FIFOs, devices, symbolic link loops,
-names that are not UTF-8, and images whose header claims more than
-:data:`~dinotrack.inputs.MAX_IMAGE_PIXELS` pixels. A folder is listed
+names that are not UTF-8, and images or videos whose header claims more than
+:data:`~dinotrack.inputs.MAX_IMAGE_PIXELS` pixels a frame. A folder is listed
 once (``scandir``, no ``stat`` per regular file) and sorted, O(n log n); only
 its first frame is decoded on opening.
+
+A video header is trusted only within reason. A frame rate that is missing,
+0, NaN or outside :data:`MIN_FPS`..:data:`MAX_FPS` is replaced by
+:data:`FOLDER_FPS` (24) with a warning, since the overlay needs one; a frame
+count beyond :data:`MAX_FRAME_COUNT` or above the file's size in bytes is
+treated as unknown (``None``), with a warning.
 
 Writing encodes H.264 (yuv420p, playable in browsers) with PyAV when its
 wheel ships libx264, and falls back to OpenCV's MPEG-4 Part 2 ("mp4v").
@@ -19,6 +25,7 @@ up by the encoder.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import re
@@ -35,9 +42,19 @@ import numpy as np
 from dinotrack.inputs import image_size, is_utf8, path_problem, printable, too_many_pixels
 from dinotrack.structs import DinotrackError, UsageError
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FOLDER_FPS = 24.0
-"""Frame rate given to image folders when the user names none."""
+"""Frame rate given to image folders when the user names none, and to videos whose header gives no sane one."""
+MIN_FPS = 0.1
+"""Slowest believable video frame rate: one frame every 10 s (slower "videos" are slide shows)."""
+MAX_FPS = 1000.0
+"""Fastest believable video frame rate: phones' 960 fps slow motion fits. Beyond it a header is
+taken as broken: an overlay at such a rate could not be played."""
+MAX_FRAME_COUNT = 10_000_000
+"""Most frames a video header may claim: over 46 hours at 60 fps. A claim beyond it is taken as
+broken, since the count sizes progress bars and lists of frame names."""
 
 SourceKind = Literal["video", "folder"]
 Codec = Literal["h264", "mp4v"]
@@ -62,7 +79,7 @@ class FrameSource:
 
     ``size`` is ``(H, W)`` of the first frame; every frame must have it.
     ``frame_count`` is exact for folders and OpenCV's estimate for videos
-    (``None`` when the container does not say). ``files`` lists a folder's
+    (``None`` when the container does not say, or claims more than it can hold). ``files`` lists a folder's
     images in frame order (empty for videos).
 
     A video yields the frames before the first one FFmpeg cannot decode; when
@@ -264,16 +281,53 @@ def _open_video(path: Path, fps: float | None) -> FrameSource:
         )
     capture = _open_capture(path)
     try:
+        _check_video_size(path, capture)
         rgb = _read_capture(capture)
         if rgb is None:
             raise _not_a_video(path)
-        video_fps = capture.get(cv2.CAP_PROP_FPS)
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        claimed_fps = capture.get(cv2.CAP_PROP_FPS)
+        claimed_count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
     finally:
         capture.release()
-    if not video_fps > 0:
-        video_fps = FOLDER_FPS
-    return FrameSource(path, "video", fps or video_fps, count if count > 0 else None, rgb.shape[:2])
+    fps = fps or _believable_fps(path, claimed_fps)
+    return FrameSource(path, "video", fps, _believable_count(path, claimed_count), rgb.shape[:2])
+
+
+def _check_video_size(path: Path, capture: cv2.VideoCapture) -> None:
+    """A :class:`UsageError` if the frame size the video's header announces exceeds ``MAX_IMAGE_PIXELS``."""
+    width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    problem = width > 0 and height > 0 and too_many_pixels((int(width), int(height)))
+    if problem:
+        raise UsageError(
+            f"{path} claims frames of {problem}. Downscale the video (to 8K or less, e.g. with ffmpeg "
+            "-vf scale=1920:-2), then run again."
+        )
+
+
+def _believable_fps(path: Path, claimed: float) -> float:
+    """``claimed``, the header's frame rate, if within MIN_FPS..MAX_FPS; else FOLDER_FPS, with a warning."""
+    if MIN_FPS <= claimed <= MAX_FPS:
+        return claimed
+    log.warning(
+        "%s claims %g frames per second, outside %g..%g: its header is broken, so the overlay uses %g. "
+        "Re-encode the video with a real frame rate to keep its timing.",
+        path, claimed, MIN_FPS, MAX_FPS, FOLDER_FPS,
+    )
+    return FOLDER_FPS
+
+
+def _believable_count(path: Path, claimed: float) -> int | None:
+    """``claimed``, the header's frame count, as an int; ``None`` (unknown) if missing or beyond belief.
+
+    Beyond belief: more than MAX_FRAME_COUNT, or more frames than the file has
+    bytes (every frame takes at least one). The frames decoded are the truth.
+    """
+    if not claimed > 0:  # 0, negative or NaN: the container does not say
+        return None
+    if claimed <= min(MAX_FRAME_COUNT, path.stat().st_size):
+        return int(claimed)
+    log.warning("%s claims %g frames, more than it can hold: its header is broken, so the count is unknown.", path, claimed)
+    return None
 
 
 def _open_capture(path: Path) -> cv2.VideoCapture:

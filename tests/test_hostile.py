@@ -1,7 +1,8 @@
 """Files built to hurt: each is refused with one clear paragraph, in bounded time and memory.
 
-Decompression bombs (masks and frames), a folder of 100,000 frames, names
-that are not UTF-8, symbolic link loops, FIFOs and device files. Each case runs through the
+Decompression bombs (masks and frames), video headers that claim absurd sizes,
+frame rates or frame counts, a folder of 100,000 frames, names that are not
+UTF-8, symbolic link loops, FIFOs and device files. Each case runs through the
 real CLI with the tiny backbone (see ``test_errors.py`` for the helpers), and
 checks the exit status, the message, that there is no traceback and that no
 output (or no false output) was written. The bombs and broken headers are
@@ -27,7 +28,7 @@ import pytest
 from dinotrack import sources
 from dinotrack.inputs import MAX_IMAGE_PIXELS, image_size
 from dinotrack.masks import read_label_map
-from dinotrack.sources import open_source
+from dinotrack.sources import FOLDER_FPS, open_source
 from dinotrack.structs import DinotrackError
 from test_errors import (  # noqa: F401  (ws is a fixture)
     FRAME_SIZE,
@@ -36,6 +37,7 @@ from test_errors import (  # noqa: F401  (ws is a fixture)
     assert_reported,
     invoke,
     noise_frames,
+    squash,
     ws,
 )
 
@@ -184,6 +186,10 @@ CASES: dict[str, tuple[Callable[[Workspace], list[object]], tuple[str, ...]]] = 
     "mask-png-bomb": (lambda ws: ws.track(mask=png_bomb(ws.root / "bomb.png")), ("Mask", "bomb.png", *LIMIT_WORDS)),
     "frame-png-bomb": (lambda ws: frames_with_first(ws, png_bomb, "00000.png"), ("00000.png", *LIMIT_WORDS, "downscale")),
     "frame-jpeg-bomb": (lambda ws: frames_with_first(ws, jpeg_bomb, "00000.jpg"), ("00000.jpg", *LIMIT_WORDS, "downscale")),
+    "video-claims-huge-frames": (
+        lambda ws: ws.track(source=avi(ws.root / "huge.avi", size=20000 << 16 | 12000)),
+        ("huge.avi", "claims frames of", *LIMIT_WORDS, "downscale the video"),
+    ),
     "source-dev-zero": (lambda ws: ws.track(source=Path("/dev/zero")), ("/dev/zero", *CHARACTER_DEVICE)),
     "source-dev-null": (lambda ws: ws.track(source=Path("/dev/null")), ("/dev/null", *CHARACTER_DEVICE)),
     "mask-dev-zero": (lambda ws: ws.track(mask=Path("/dev/zero")), ("Mask /dev/zero", *CHARACTER_DEVICE)),
@@ -241,6 +247,56 @@ def test_bomb_among_the_frames_fails_the_run_at_that_frame(ws: Workspace) -> Non
     run = json.loads((ws.output / "run.json").read_text())
     assert (run["status"], run["frames_done"]) == ("failed", 3)
     assert sorted(path.name for path in (ws.output / "masks").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+
+# --- broken video headers: believed only within reason -------------------------------------------
+
+
+def overlay_fps_and_frames(video: Path) -> tuple[float, int]:
+    capture = cv2.VideoCapture(str(video))
+    fps, count = capture.get(cv2.CAP_PROP_FPS), 0
+    while capture.grab():
+        count += 1
+    capture.release()
+    return fps, count
+
+
+def test_absurd_fps_header_falls_back_to_24_with_a_warning(ws: Workspace) -> None:
+    video = avi(ws.root / "fast.avi", rate=1_000_000_000)
+    status, output = invoke([arg for arg in ws.track(source=video) if arg != "--no-overlay"])
+    assert_reported(status, output, 0, ("fast.avi claims 1e+09 frames per second", "overlay uses 24"))
+    assert overlay_fps_and_frames(ws.output / "overlay.mp4") == (pytest.approx(FOLDER_FPS), 5)
+    assert len(list((ws.output / "masks").glob("*.png"))) == 5
+
+
+def test_absurd_frame_count_header_is_treated_as_unknown(ws: Workspace) -> None:
+    video = avi(ws.root / "long.avi", length=1_000_000_000)
+    status, output = invoke(ws.track(source=video))
+    assert_reported(status, output, 0, ("long.avi claims 1e+09 frames", "count is unknown"))
+    run = json.loads((ws.output / "run.json").read_text())
+    assert (run["status"], run["frames_done"], run.get("frames_total")) == ("complete", 5, None)  # unknown: left out
+    assert "1000000000" not in squash(output)
+
+
+@pytest.mark.parametrize("claimed", [0.0, float("nan"), -25.0, float("inf"), 0.001, 1e9])
+def test_missing_or_absurd_fps_reads_as_24(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claimed: float) -> None:
+    """FFmpeg itself mends most broken rates (an AVI with rate 0 reads as 24), so OpenCV's answer is faked here."""
+    real = cv2.VideoCapture
+
+    class Capture:  # a wrapper: OpenCV's classes crash when subclassed in Python
+        def __init__(self, *args: object) -> None:
+            self._capture = real(*args)
+
+        def get(self, prop: int) -> float:
+            return claimed if prop == cv2.CAP_PROP_FPS else self._capture.get(prop)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._capture, name)
+
+    video = avi(tmp_path / "clip.avi")
+    monkeypatch.setattr(sources.cv2, "VideoCapture", Capture)
+    source = open_source(video)
+    assert (source.fps, source.frame_count, len(list(source))) == (FOLDER_FPS, 5, 5)
 
 
 # --- a folder of 100,000 frames ------------------------------------------------------------------
