@@ -573,6 +573,8 @@ class _OpenCVEncoder:
     """MPEG-4 Part 2 ("mp4v") through OpenCV, for installs without libx264."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        if not is_utf8(str(path)):  # OpenCV crashes the process on such a name
+            raise OSError("its name is not valid UTF-8, which OpenCV's mp4v encoder cannot open")
         height, width = size
         self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         if not self._writer.isOpened():

@@ -28,7 +28,7 @@ import pytest
 from dinotrack import sources
 from dinotrack.inputs import MAX_IMAGE_PIXELS, image_size
 from dinotrack.masks import read_label_map
-from dinotrack.sources import FOLDER_FPS, open_source
+from dinotrack.sources import FOLDER_FPS, VideoWriter, open_source
 from dinotrack.structs import DinotrackError
 from test_errors import (  # noqa: F401  (ws is a fixture)
     FRAME_SIZE,
@@ -235,6 +235,12 @@ def test_non_utf8_video_name(ws: Workspace) -> None:
     status, output = invoke(ws.track(source=video))
     assert_reported(status, output, 2, ("cl\\xefp.avi", *NOT_UTF8))
     assert_nothing_written(ws.output)
+
+
+def test_mp4v_writer_refuses_a_non_utf8_name(tmp_path: Path) -> None:
+    with pytest.raises(DinotrackError, match="not valid UTF-8"):
+        VideoWriter(non_utf8(tmp_path, b"overl\xe4y.mp4"), 24, FRAME_SIZE, codec="mp4v")
+    assert not list(tmp_path.iterdir())
 
 
 # --- failing midway: what was done is kept and marked --------------------------------------------
