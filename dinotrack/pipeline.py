@@ -466,15 +466,20 @@ def track_video(
         done = _leading_masks(output / PngMasks.file, frames)
         record.resumed_at = done
     prepare_output(output, overwrite=overwrite)
-    record.write(output)
     confidence = ConfidenceLog(previous.confidence if previous is not None else None)
     run = _Run(output, frames, masks, Tracker(config), record, stopwatch, painter, confidence)
     try:
-        run.go(stream, done, on_progress, stop)
-    finally:
-        stopwatch.add("total", time.perf_counter() - started)
-        record.finish(run.status, run.frames_done, stopwatch.rounded())
         record.write(output)
+        run.go(stream, done, on_progress, stop)
+    except OSError as error:  # the disk filled up, the folder vanished or turned read-only
+        unsaved = _finish_record(record, run, stopwatch, started)
+        raise _output_fault(output, error, run.frames_done, unsaved) from None
+    except BaseException:
+        _finish_record(record, run, stopwatch, started)
+        raise
+    unsaved = _finish_record(record, run, stopwatch, started)
+    if unsaved is not None:
+        raise _output_fault(output, unsaved, run.frames_done, unsaved)
     metrics = _evaluate_run(output, Path(gt)) if record.status == "complete" and gt is not None else None
     if gt is not None:
         write_report(output)
@@ -489,6 +494,33 @@ def _painter(mode: OverlayMode | None, frames: FrameSource, masks: Keyframes, gt
         return PlainPainter(frames.size, frames.frame_count, object_ids(masks.get(0)))
     truth = GroundTruth(Path(gt), frames.size)
     return EvaluatedPainter(frames.size, frames.frame_count, truth, side=mode == "side-by-side")
+
+
+def _finish_record(record: RunRecord, run: _Run, stopwatch: _Stopwatch, started: float) -> OSError | None:
+    """Write how the run ended to ``run.json``; the error if that write failed (never raises it)."""
+    stopwatch.add("total", time.perf_counter() - started)
+    record.finish(run.status, run.frames_done, stopwatch.rounded())
+    try:
+        record.write(run.output)
+    except OSError as error:
+        return error
+    return None
+
+
+def _output_fault(output: Path, error: OSError, frames_done: int, unsaved: OSError | None) -> DinotrackError:
+    """One paragraph for a write that the machine refused: what happened, what was kept, how to go on."""
+    where = f" ({error.filename})" if error.filename else ""
+    record = (
+        f"{RUN_FILE} could not be updated either, so it may still say 'running'; --resume replays the run "
+        "from the masks on disk"
+        if unsaved is not None
+        else f"{RUN_FILE} says 'failed'"
+    )
+    return DinotrackError(
+        f"Writing the results to {output} failed: {error.strerror or error}{where}. The masks of the "
+        f"{frames_done} frames done before are whole and kept, and {record}. Free some space (or make the "
+        "folder writable again, or recreate it), then run the same command with --resume to continue."
+    )
 
 
 def _feature_stream(
@@ -522,10 +554,10 @@ class _Run:
         self.tracker = tracker
         self.record = record
         self.stopwatch = stopwatch
+        self.painter = painter
         self.confidence = confidence
         self.masks_sink = PngMasks(output)
-        self.overlay = OverlayVideo(output, frames.fps, painter) if painter is not None else None
-        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], stopwatch)
+        self.overlay: OverlayVideo | None = None
         self.status = "running"
         self.frames_done = 0
 
@@ -538,6 +570,10 @@ class _Run:
     ) -> None:
         """Track from frame ``done`` on (restoring the saved state, or replaying the frames before it)."""
         self.frames_done = done
+        self.masks_sink.folder.mkdir(exist_ok=True)
+        if self.painter is not None:
+            self.overlay = OverlayVideo(self.output, self.frames.fps, self.painter)
+        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], self.stopwatch)
         try:
             resumed = _restore_state(self.tracker, self.output, done, stream.device)
             if resumed:
@@ -566,8 +602,8 @@ class _Run:
             try:
                 self.writer.close()
             finally:
-                self._keep_state()
                 self._record_confidence()
+                self._keep_state()
 
     def _predict(self, frame: Frame, features: torch.Tensor) -> Prediction:
         """Track one frame (a keyframe takes its mask) and score each object's confidence."""

@@ -127,13 +127,19 @@ def write_report(directory: str | os.PathLike, output: str | os.PathLike | None 
     """Write the report page of the run(s) in ``directory`` to ``output`` (default ``directory/report.html``).
 
     Returns the page's path. Raises :class:`UsageError` when ``directory``
-    holds no run.
+    holds no run, :class:`DinotrackError` when the page cannot be written.
     """
     directory = Path(directory)
     output = Path(output) if output is not None else directory / REPORT_FILE
     html = render_report(directory, output.parent)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output, html)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output, html)
+    except OSError as error:
+        raise DinotrackError(
+            f"Cannot write the report page {output}: {error.strerror or error}. Free some space or choose a "
+            f"folder you can write to, then run `dinotrack report {directory} --output FILE.html`."
+        ) from None
     return output
 
 

@@ -70,12 +70,12 @@ class PngMasks:
 
     def __init__(self, output: Path) -> None:
         self.folder = output / self.file
-        self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, stem: str) -> Path:
         return self.folder / f"{stem}.png"
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
+        """Write the frame's PNG; the folder must exist (a vanished one is an error, not recreated)."""
         write_label_map(self.path(frame.stem), prediction.ids)
 
     def close(self) -> None:
