@@ -47,10 +47,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
-def track(output: Path, weights: Path, *extra: str) -> object:
+class Result:
+    """The CLI's exit status and its output with line wrapping undone."""
+
+    def __init__(self, exit_code: int, output: str) -> None:
+        self.exit_code = exit_code
+        self.output = " ".join(output.split())
+
+
+def track(output: Path, weights: Path, *extra: str) -> Result:
     args = ["track", str(VIDEO), "--mask", str(MASK), "--output", str(output), "--model", "tiny",
             "--weights", str(weights), "--device", "cpu", "--short-side", "64", *extra]
-    return CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args)
+    return Result(result.exit_code, result.output)
 
 
 def fault_after(monkeypatch: pytest.MonkeyPatch, frames: int, fault: Callable[[], None]) -> None:
