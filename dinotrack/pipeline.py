@@ -287,6 +287,12 @@ def check_output(output: Path, *, overwrite: bool, resume: bool) -> None:
     """
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    links = [name for name in RESULT_FILES if (output / name).is_symlink()]
+    if links:
+        raise UsageError(
+            f"--output {output} holds symbolic links where dinotrack writes its results ({', '.join(links)}). "
+            "dinotrack never writes through links; remove them or choose another folder."
+        )
     previous = _previous_results(output)
     if previous and not (overwrite or resume):
         raise UsageError(
@@ -310,7 +316,7 @@ def prepare_output(output: Path, *, overwrite: bool) -> None:
 
 
 def _previous_results(output: Path) -> list[str]:
-    return [name for name in RESULT_FILES if (output / name).exists()]
+    return [name for name in RESULT_FILES if (output / name).exists() or (output / name).is_symlink()]
 
 
 def load_backbone(options: RunOptions) -> Backbone:
