@@ -37,11 +37,13 @@ from typing import Any, Protocol
 import cv2
 import torch
 
-from dinotrack.backbone import Backbone, BackboneSpec, create_backbone, resolve_device
+from dinotrack.backbones import Backbone
+from dinotrack.files import atomic_write_json
 from dinotrack.manifest import BATCH_RECORD, VideoJob
-from dinotrack.pipeline import RunReport
+from dinotrack.pipeline import RunOptions, RunReport, load_backbone, track_video
+from dinotrack.records import RunRecord
 from dinotrack.sources import IMAGE_SUFFIXES
-from dinotrack.structs import DinotrackError, TrackConfig, UsageError, preset
+from dinotrack.structs import DinotrackError, UsageError
 
 log = logging.getLogger("dinotrack")
 
@@ -58,92 +60,17 @@ Event = Callable[[str, dict], None]
 """``on_event(kind, payload)``; kinds: started, worker_ready, video_started, progress, video_finished, worker_lost, finished."""
 
 
-# --- ADAPTER: replace this block with ``from dinotrack.pipeline import RunOptions, load_backbone, track_video`` --------
-# once pipeline.py provides them; ``_track_one`` then becomes one call of
-# ``track_video(job.source, job.mask, output, options, gt=job.gt, backbone=backbone, overwrite=not resume,
-# resume=resume, on_progress=on_progress, stop=stop)``. Nothing else in this module reads RunOptions' fields
-# except ``device`` (worker placement).
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """STAND-IN for ``dinotrack.pipeline.RunOptions``: the tracking options shared by every video of a batch."""
-
-    preset: str = "default"
-    short_side: int | None = None
-    context: int | None = None
-    radius: float | None = None
-    topk: int | None = None
-    temperature: float | None = None
-    keyframe_bound: int | None = None
-    model: str | BackboneSpec = "vits16"
-    weights: Path | None = None
-    device: str = "auto"
-    batch_size: int = 1
-    workers: int | None = None
-    compile: bool = False
-    overlay: bool = True
-
-    @property
-    def config(self) -> TrackConfig:
-        return preset(self.preset).replace(
-            short_side=self.short_side, context=self.context, radius=self.radius, topk=self.topk,
-            temperature=self.temperature,
-        )
-
-
-def load_backbone(options: RunOptions) -> Backbone:
-    """STAND-IN for ``dinotrack.pipeline.load_backbone``: build the backbone once, for many videos."""
-    return create_backbone(options.model, weights=options.weights, device=resolve_device(options.device))
-
-
-def _track_one(
-    job: VideoJob,
-    output: Path,
-    options: RunOptions,
-    backbone: Backbone,
-    *,
-    resume: bool,
-    stop: threading.Event,
-    on_progress: Callable[[int, int | None], None],
-) -> RunReport:
-    """ADAPTER: track ``job`` into ``output`` with today's ``track_video``, lending it ``backbone``.
-
-    Today's ``track_video`` builds its own backbone through
-    ``pipeline.create_backbone``; for the call, that name returns ``backbone``.
-    A folder without ``run.json`` holds no usable run, so it is overwritten.
-    """
-    from dinotrack import pipeline
-
-    build = pipeline.create_backbone
-    pipeline.create_backbone = lambda *args, **kwargs: backbone
-    try:
-        return pipeline.track_video(
-            job.source, job.mask, output, config=options.config, preset=options.preset, model=options.model,
-            weights=options.weights, device=options.device, batch_size=options.batch_size, workers=options.workers,
-            compile=options.compile, write_overlay=options.overlay, gt=job.gt, overwrite=not resume, resume=resume,
-            on_progress=on_progress, stop=stop,
-        )
-    finally:
-        pipeline.create_backbone = build
-
-
-# --- END OF ADAPTER -------------------------------------------------------------------------------------------------
-
-
 class VideoWorker:
     """Tracks videos one after another with one backbone, built by :meth:`start`.
 
     As a Ray actor it runs threaded (``max_concurrency`` 3), so that
     :meth:`poll` and :meth:`stop` answer while :meth:`run` works.
-    ``setup`` runs first in the worker's process (e.g. to register a custom
-    backbone there); ``threads`` sets torch's CPU threads of the process.
+    ``threads`` sets torch's CPU threads in the worker.
     """
 
-    def __init__(self, options: RunOptions, *, threads: int | None = None, setup: Callable[[], object] | None = None):
+    def __init__(self, options: RunOptions, *, threads: int | None = None):
         self.options = options
         self.threads = threads
-        self.setup = setup
         self.backbone: Backbone | None = None
         self.model_loads = 0
         self.node = "local"
@@ -152,8 +79,6 @@ class VideoWorker:
 
     def start(self, node: str | None = None) -> dict:
         """Build the backbone; returns ``{"pid", "node", "model_loads"}``."""
-        if self.setup is not None:
-            self.setup()
         self._use_threads()
         self.node = node or _ray_node()
         self.backbone = load_backbone(self.options)
@@ -161,15 +86,19 @@ class VideoWorker:
         return {"pid": os.getpid(), "node": self.node, "model_loads": self.model_loads}
 
     def run(self, job: VideoJob, output: str, resume: bool) -> dict:
-        """Track ``job`` into ``output/<name>``; returns its ``batch.json`` entry (a failure is an entry, not an error)."""
+        """Track ``job`` into ``output/<name>``; returns its ``batch.json`` entry (a failure is an entry, not an error).
+
+        Without ``resume``, whatever an unrecorded run left there is replaced
+        (a folder without a readable ``run.json`` holds nothing to resume).
+        """
         assert self.backbone is not None, "VideoWorker.start() builds the backbone before run()"
         self._use_threads()
         self._frames = 0
         started = time.perf_counter()
         try:
-            report = _track_one(
-                job, Path(output) / job.name, self.options, self.backbone,
-                resume=resume, stop=self._stop, on_progress=self._progress,
+            report = track_video(
+                job.source, job.mask, Path(output) / job.name, self.options, gt=job.gt, backbone=self.backbone,
+                overwrite=not resume, resume=resume, on_progress=self._progress, stop=self._stop,
             )
         except DinotrackError as error:
             return self._failed(str(error), started)
@@ -255,16 +184,15 @@ class LocalEngine:
     name = "local"
     address = None
 
-    def __init__(self, options: RunOptions, setup: Callable[[], object] | None) -> None:
+    def __init__(self, options: RunOptions) -> None:
         self.options = options
-        self.setup = setup
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinotrack-batch")
 
     def default_workers(self) -> int:
         return 1
 
     def start(self) -> tuple[VideoWorker, Future]:
-        worker = VideoWorker(self.options, setup=self.setup)
+        worker = VideoWorker(self.options)
         return worker, self._thread.submit(worker.start, "local")
 
     def run(self, worker: VideoWorker, job: VideoJob, output: Path, resume: bool) -> Future:
@@ -298,14 +226,12 @@ class RayEngine:
         self,
         ray: Any,
         options: RunOptions,
-        setup: Callable[[], object] | None,
         *,
         address: str | None,
         gpus_per_worker: float | None,
     ) -> None:
         self.ray = ray
         self.options = options
-        self.setup = setup
         self._workers: list[Any] = []
         self._owns_connection = _connect(ray, address)
         self.address = ray.get_runtime_context().gcs_address
@@ -327,7 +253,7 @@ class RayEngine:
             placement, threads = {"num_cpus": 1, "num_gpus": self.gpus_per_worker}, None
         else:
             placement, threads = {"num_cpus": CPU_THREADS_PER_WORKER}, CPU_THREADS_PER_WORKER
-        worker = self._actor.options(max_concurrency=3, **placement).remote(self.options, threads=threads, setup=self.setup)
+        worker = self._actor.options(max_concurrency=3, **placement).remote(self.options, threads=threads)
         self._workers.append(worker)
         return worker, worker.start.remote()
 
@@ -492,7 +418,6 @@ def run_batch(
     gpus_per_worker: float | None = None,
     on_event: Event | None = None,
     stop: threading.Event | None = None,
-    worker_setup: Callable[[], object] | None = None,
 ) -> BatchRecord:
     """Track every job into ``output/<name>/`` and record the batch in ``output/batch.json``.
 
@@ -502,9 +427,7 @@ def run_batch(
     (``gpus_per_worker`` each, default 1 when the cluster has GPUs; 0.5 packs
     two on a GPU). ``on_event(kind, payload)``: progress for a user interface.
     ``stop``: when set, every worker stops after its frame in hand, and the
-    batch ends ``interrupted``. ``worker_setup``: called once in each worker's
-    process before the backbone is built (e.g. to register a backbone there).
-    Videos already complete in ``output`` are skipped; unfinished ones resume.
+    batch ends ``interrupted``. Videos already complete in ``output`` are skipped; unfinished ones resume.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -515,7 +438,7 @@ def run_batch(
     driver = _Driver(jobs, output, on_event or _ignore, stop or threading.Event())
     engine = None
     if driver.queue:
-        engine = _engine(options, address=address, num_workers=num_workers, gpus_per_worker=gpus_per_worker, setup=worker_setup)
+        engine = _engine(options, address=address, num_workers=num_workers, gpus_per_worker=gpus_per_worker)
     try:
         record = driver.run(engine, num_workers)
     finally:
@@ -537,7 +460,6 @@ def _engine(
     address: str | None,
     num_workers: int | None,
     gpus_per_worker: float | None,
-    setup: Callable[[], object] | None,
 ) -> Engine:
     """Ray when it is installed (imported here, never before), else this process."""
     if address is None:
@@ -547,13 +469,13 @@ def _engine(
     except ImportError:
         ray = None
     if ray is not None:
-        return RayEngine(ray, options, setup, address=address, gpus_per_worker=gpus_per_worker)
+        return RayEngine(ray, options, address=address, gpus_per_worker=gpus_per_worker)
     if address is not None:
         raise UsageError(f"--address {address} needs Ray, which is not installed here. Install it with: {RAY_INSTALL}")
     if (num_workers or 1) > 1 or gpus_per_worker:
         raise UsageError(f"--num-workers and --gpus-per-worker need Ray, which is not installed here. Install it with: {RAY_INSTALL}")
     log.info("Ray is not installed: tracking the videos one after another in this process. For parallel workers: %s", RAY_INSTALL)
-    return LocalEngine(options, setup)
+    return LocalEngine(options)
 
 
 class _Driver:
@@ -711,30 +633,28 @@ def _pending_entry(job: VideoJob) -> dict:
     }
 
 
-def _read_run(run_dir: Path) -> dict | None:
-    """``run_dir/run.json``; ``None`` when there is no readable one."""
+def _read_run(run_dir: Path) -> RunRecord | None:
+    """The record in ``run_dir/run.json``; ``None`` when there is no readable one."""
     try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        return RunRecord.read(run_dir)
+    except UsageError:
         return None
-    return run if isinstance(run, dict) else None
 
 
 def _run_status(run_dir: Path) -> str | None:
     """The status in ``run_dir/run.json``; ``None`` when there is no readable one."""
     run = _read_run(run_dir)
-    return None if run is None else run.get("status")
+    return None if run is None else run.status
 
 
 def _finished_entry(run_dir: Path) -> dict | None:
     """The entry of a video whose ``run.json`` says complete (it is skipped), else ``None``."""
     run = _read_run(run_dir)
-    if run is None or run.get("status") != "complete":
+    if run is None or run.status != "complete":
         return None
     entry = {
-        "status": "complete", "skipped": True, "frames_done": run.get("frames_done", 0),
-        "frames_total": run.get("frames_total"), "seconds": run.get("seconds", {}).get("total", 0.0),
-        "fps": run.get("fps", 0.0),
+        "status": "complete", "skipped": True, "frames_done": run.frames_done, "frames_total": run.frames_total,
+        "seconds": run.seconds.get("total", 0.0), "fps": run.fps,
     }
     try:
         entry["J&F-Mean"] = json.loads((run_dir / "metrics.json").read_text())["J&F-Mean"]
@@ -765,7 +685,4 @@ def _batch_status(videos: list[dict]) -> str:
 def _write_record(output: Path, record: BatchRecord) -> None:
     """``output/batch.json``, replaced whole (written under a temporary name, then renamed)."""
     output.mkdir(parents=True, exist_ok=True)
-    path = output / BATCH_RECORD
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_text(json.dumps(record.as_dict(), indent=2))
-    os.replace(temporary, path)
+    atomic_write_json(output / BATCH_RECORD, record.as_dict())

@@ -28,13 +28,13 @@ from PIL import Image
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray starts: Ray then binds 127.0.0.1
 
-from checkpoints import register_tiny_backbone  # noqa: E402
-from conftest import DAVIS, ROOT, SAMPLE  # noqa: E402
-from dinotrack import pipeline  # noqa: E402
-from dinotrack.batch import BatchRecord, RunOptions, _gpus_per_worker, run_batch  # noqa: E402
+from conftest import ROOT, SAMPLE  # noqa: E402
+from dinotrack.batch import _gpus_per_worker, run_batch  # noqa: E402
 from dinotrack.manifest import VideoJob, read_jobs  # noqa: E402
 from dinotrack.masks import read_label_map  # noqa: E402
+from dinotrack.pipeline import RunOptions, track_video  # noqa: E402
 from dinotrack.structs import UsageError  # noqa: E402
+from dinotrack.testing import TINY  # noqa: E402
 
 VIDEO, MASK = SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png"
 SMALL_STORE = 80 * 2**20  # bytes of object store per node: the batch passes only small records
@@ -45,7 +45,8 @@ SMALL_STORE = 80 * 2**20  # bytes of object store per node: the batch passes onl
 
 @pytest.fixture(scope="module")
 def options(tiny_weights: Path) -> RunOptions:
-    return RunOptions(model="tiny", weights=tiny_weights, device="cpu", short_side=64, overlay=False)
+    """The tiny backbone by value, so that Ray workers need no registration."""
+    return RunOptions(model=TINY, weights=tiny_weights, device="cpu", short_side=64, overlay=False)
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +79,7 @@ def reference(options: RunOptions, tmp_path_factory: pytest.TempPathFactory) -> 
         key = (job.source, job.mask)
         if key not in cache:
             output = folder / f"run{len(cache)}"
-            pipeline.track_video(  # today's keywords; the RunOptions form once pipeline provides it
-                job.source, job.mask, output, config=options.config, preset=options.preset, model=options.model,
-                weights=options.weights, device=options.device, write_overlay=False,
-            )
+            track_video(job.source, job.mask, output, options)
             cache[key] = masks_of(output)
         return cache[key]
 
@@ -134,8 +132,8 @@ def cluster() -> Iterator[str]:
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    environment = pytest.MonkeyPatch()  # the nodes' workers import this checkout's dinotrack and tests/checkpoints.py
-    environment.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    environment = pytest.MonkeyPatch()  # the nodes' workers import this checkout's dinotrack
+    environment.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     started = None
     try:
         started = Cluster(
@@ -151,10 +149,6 @@ def cluster() -> Iterator[str]:
         environment.undo()
 
 
-def run_on(address: str, jobs: list[VideoJob], output: Path, options: RunOptions, **kwargs: object) -> BatchRecord:
-    return run_batch(jobs, output, options, address=address, worker_setup=register_tiny_backbone, **kwargs)
-
-
 def test_two_nodes_track_a_manifest_with_the_masks_of_sequential_runs(cluster, options, clips, reference, davis, tmp_path):
     data = tmp_path / "data"
     lines = ["source,mask,gt", f"{VIDEO},{MASK},"]
@@ -168,7 +162,7 @@ def test_two_nodes_track_a_manifest_with_the_masks_of_sequential_runs(cluster, o
     (data / "jobs.csv").write_text("\n".join(lines) + "\n")
     jobs = read_jobs(data / "jobs.csv")
 
-    record = run_on(cluster, jobs, tmp_path / "out", options)
+    record = run_batch(jobs, tmp_path / "out", options, address=cluster)
 
     written = batch_json(tmp_path / "out")
     assert written == record.as_dict()
@@ -188,7 +182,7 @@ def test_videos_that_fail_by_their_own_fault_are_recorded_and_the_others_complet
     jobs = [clips["eight"], VideoJob("corrupt", tmp_path / "corrupt.mp4", MASK),
             VideoJob("square-mask", VIDEO, tmp_path / "square.png"), clips["twelve"]]
 
-    record = run_on(cluster, jobs, tmp_path / "out", options)
+    record = run_batch(jobs, tmp_path / "out", options, address=cluster)
 
     assert record.status == "failed" and record.failed == ["corrupt", "square-mask"]
     videos = {video["name"]: video for video in batch_json(tmp_path / "out")["videos"]}
@@ -206,7 +200,7 @@ def test_a_killed_worker_is_replaced_and_its_video_resumed_from_disk(cluster, op
                 lambda _: os.kill(victim["pid"], signal.SIGKILL))
     jobs = [clips["shapes"], clips["eight"]]
 
-    record = run_on(cluster, jobs, tmp_path / "out", options, on_event=events, num_workers=1)
+    record = run_batch(jobs, tmp_path / "out", options, address=cluster, on_event=events, num_workers=1)
 
     assert [lost["name"] for lost in events.of("worker_lost")] == ["shapes"]
     assert record.status == "complete" and record.model_loads == 2, "the dead worker was replaced"
@@ -223,7 +217,7 @@ def test_a_stopped_batch_resumes_with_the_same_masks_and_a_third_run_tracks_noth
     stop, events = threading.Event(), Events()
     events.then("progress", lambda progress: progress["frames_done"] >= 10, lambda _: stop.set())
 
-    first = run_on(cluster, jobs, tmp_path / "out", options, on_event=events, stop=stop)
+    first = run_batch(jobs, tmp_path / "out", options, address=cluster, on_event=events, stop=stop)
 
     assert first.status == "interrupted" == batch_json(tmp_path / "out")["status"]
     statuses = {video["name"]: video["status"] for video in first.videos}
@@ -231,13 +225,13 @@ def test_a_stopped_batch_resumes_with_the_same_masks_and_a_third_run_tracks_noth
     run = json.loads((tmp_path / "out" / "shapes" / "run.json").read_text())
     assert run["status"] == "interrupted" and 0 < run["frames_done"] < 60
 
-    second = run_on(cluster, jobs, tmp_path / "out", options)
+    second = run_batch(jobs, tmp_path / "out", options, address=cluster)
     assert second.status == "complete"
     assert all(not video.get("skipped") for video in second.videos if statuses[video["name"]] != "complete")
     assert_same_masks(tmp_path / "out", jobs, reference)
 
     events = Events()
-    third = run_on(cluster, jobs, tmp_path / "out", options, on_event=events)
+    third = run_batch(jobs, tmp_path / "out", options, address=cluster, on_event=events)
     assert third.status == "complete" and third.model_loads == 0 and third.workers == 0
     assert all(video["skipped"] for video in third.videos) and not events.of("video_started")
     assert events.of("started")[0]["queued"] == 0
