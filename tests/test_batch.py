@@ -29,7 +29,7 @@ from PIL import Image
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray starts: Ray then binds 127.0.0.1
 
 from conftest import ROOT, SAMPLE  # noqa: E402
-from dinotrack.batch import _gpus_per_worker, run_batch  # noqa: E402
+from dinotrack.batch import _cpu_layout, _gpus_per_worker, run_batch  # noqa: E402
 from dinotrack.manifest import VideoJob, read_jobs  # noqa: E402
 from dinotrack.masks import read_label_map  # noqa: E402
 from dinotrack.pipeline import RunOptions, track_video  # noqa: E402
@@ -252,6 +252,13 @@ def test_an_unreachable_address_is_a_clear_error_within_seconds(options, clips, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_that_cannot_load_stops_the_batch_before_any_output(cluster, options, clips, tmp_path):
+    missing = options.replace(weights=tmp_path / "missing.pth")
+    with pytest.raises(UsageError, match="missing.pth"):
+        run_batch([clips["eight"], clips["twelve"]], tmp_path / "out", missing, address=cluster)
+    assert not (tmp_path / "out").exists()
+
+
 # --- without Ray ----------------------------------------------------------------------------------------------------
 
 
@@ -273,11 +280,24 @@ def test_without_ray_the_videos_run_in_this_process_with_the_same_masks(no_ray, 
     assert_same_masks(tmp_path / "out", jobs, reference)
 
 
+def test_without_ray_a_model_that_cannot_load_stops_the_batch_before_any_output(no_ray, options, clips, tmp_path):
+    with pytest.raises(UsageError, match="missing.pth"):
+        run_batch([clips["eight"]], tmp_path / "out", options.replace(weights=tmp_path / "missing.pth"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_without_ray_an_address_or_several_workers_ask_for_the_ray_extra(no_ray, options, clips, tmp_path):
     for kwargs in ({"address": "auto"}, {"num_workers": 2}):
         with pytest.raises(UsageError, match=r'pip install "dinotrack\[ray\]"'):
             run_batch([clips["eight"]], tmp_path / "out", options, **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_cpu_workers_take_two_threads_where_a_node_has_two_cpus():
+    assert _cpu_layout([{"CPU": 2.0}]) == (2, 1)
+    assert _cpu_layout([{"CPU": 16.0}, {"CPU": 3.0, "GPU": 1.0}]) == (2, 9)
+    assert _cpu_layout([{"CPU": 1.0}, {"CPU": 1.0}]) == (1, 2)
+    assert _cpu_layout([{"GPU": 1.0}]) == (1, 1)
 
 
 def test_gpus_per_worker_is_checked_and_defaults_to_one_gpu_each():
