@@ -444,11 +444,14 @@ def run_batch(
     without it, a local Ray instance sized to this machine and listening on
     127.0.0.1 only, or, without Ray, this process. When this process is
     already connected to Ray (``ray.init`` was called), that connection is
-    used and left open. ``num_workers``: default one per CPU core, or one per GPU
+    used and left open. ``num_workers``: by default one per GPU
     (``gpus_per_worker`` each, default 1 when the cluster has GPUs; 0.5 packs
-    two on a GPU). ``on_event(kind, payload)``: progress for a user interface.
-    ``stop``: when set, every worker stops after its frame in hand, and the
-    batch ends ``interrupted``. Videos already complete in ``output`` are skipped; unfinished ones resume.
+    two on a GPU), else one per :data:`CPU_THREADS_PER_WORKER` CPU cores.
+    ``on_event(kind, payload)``: progress for a user interface. ``stop``: when
+    set, every worker stops after its frame in hand, and the batch ends
+    ``interrupted``. Videos already complete in ``output`` are skipped
+    (one complete from another source or mask is recorded as failed, and
+    left as it is); unfinished ones resume.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -507,7 +510,7 @@ class _Driver:
         self.videos = {job.name: _pending_entry(job) for job in jobs}
         tasks = []
         for job in jobs:
-            finished = _finished_entry(output / job.name)
+            finished = _finished_entry(job, output / job.name)
             if finished is not None:
                 self.videos[job.name].update(finished)
             else:
@@ -595,7 +598,7 @@ class _Driver:
         task.attempts += 1
         self.emit("worker_lost", {"name": task.job.name, "error": error, "attempt": task.attempts})
         log.warning("The worker tracking %s died (%s); %s", task.job.name, error,
-                    "giving up on this video." if task.attempts >= MAX_ATTEMPTS else "resuming it on a new worker.")
+                    "giving up on this video." if task.attempts >= MAX_ATTEMPTS else "resuming it on another worker.")
         self.workers.pop(worker, None)
         frames_on_disk = self.last_progress.get("running", {}).get(task.job.name, 0)
         self.videos[task.job.name]["frames_done"] = max(self.videos[task.job.name]["frames_done"], frames_on_disk)
@@ -668,11 +671,16 @@ def _run_status(run_dir: Path) -> str | None:
     return None if run is None else run.status
 
 
-def _finished_entry(run_dir: Path) -> dict | None:
-    """The entry of a video whose ``run.json`` says complete (it is skipped), else ``None``."""
+def _finished_entry(job: VideoJob, run_dir: Path) -> dict | None:
+    """The entry of a video whose ``run.json`` says complete (it is not run again), else ``None``."""
     run = _read_run(run_dir)
     if run is None or run.status != "complete":
         return None
+    if (run.source, run.mask) != (str(job.source.resolve()), str(job.mask.resolve())):
+        return {"status": "failed", "error": (
+            f"{run_dir} holds a complete run of another video ({run.source} from {run.mask}), so {job.source} was "
+            "not tracked. Give this video another name, or the batch another output folder."
+        )}
     entry = {
         "status": "complete", "skipped": True, "frames_done": run.frames_done, "frames_total": run.frames_total,
         "seconds": run.seconds.get("total", 0.0), "fps": run.fps,

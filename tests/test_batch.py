@@ -286,6 +286,14 @@ def test_without_ray_a_model_that_cannot_load_stops_the_batch_before_any_output(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_name_whose_folder_holds_another_videos_complete_run_is_failed_not_overwritten(no_ray, options, clips, tmp_path):
+    run_batch([VideoJob("clip", clips["eight"].source, MASK)], tmp_path / "out", options)
+    record = run_batch([VideoJob("clip", clips["twelve"].source, MASK)], tmp_path / "out", options)
+    assert record.status == "failed" and record.model_loads == 0
+    assert "holds a complete run of another video" in record.videos[0]["error"]
+    assert len(list((tmp_path / "out" / "clip" / "masks").glob("*.png"))) == 8
+
+
 def test_without_ray_an_address_or_several_workers_ask_for_the_ray_extra(no_ray, options, clips, tmp_path):
     for kwargs in ({"address": "auto"}, {"num_workers": 2}):
         with pytest.raises(UsageError, match=r'pip install "dinotrack\[ray\]"'):
