@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dinotrack.inputs import path_problem, printable
 from dinotrack.structs import UsageError
 
 FIELDS = ("source", "mask", "gt", "name")
@@ -92,12 +93,13 @@ def _check_known(known: list[str], names: list[str], where: Path) -> None:
 
 def _manifest_entries(path: Path) -> list[_Entry]:
     readers = {".csv": _csv_rows, ".jsonl": _jsonl_rows}
-    if not path.exists():
+    problem = path_problem(path)
+    if problem is not None:
         raise UsageError(
-            f"The batch jobs {path} do not exist. Give a .csv or .jsonl manifest, or a DAVIS-layout folder."
+            f"The batch jobs {printable(path)} {problem}. Give a .csv or .jsonl manifest, or a DAVIS-layout folder."
         )
     reader = readers.get(path.suffix.lower())
-    if reader is None or not path.is_file():
+    if reader is None:
         raise UsageError(
             f"{path} is neither a CSV (.csv) nor a JSON Lines (.jsonl) manifest. Give a manifest with the "
             "fields source and mask (gt and name optional), or a DAVIS-layout folder."
@@ -191,15 +193,16 @@ def _entry(path: Path, line: int, row: dict[str, str | None]) -> _Entry:
 
 
 def _existing(manifest: Path, line: int, field: str, base: Path, value: str, *, folder_only: bool) -> Path:
-    """``value`` as an absolute path (relative ones from ``base``), which must be a file or folder."""
+    """``value`` as an absolute path (relative ones from ``base``): a regular file or a folder (``folder_only``: a folder)."""
     if "\0" in value:
         raise _line_error(manifest, line, field, "holds a NUL byte, which no path can hold")
     path = Path(os.path.abspath(base / value))
-    ok = path.is_dir() if folder_only else path.is_file() or path.is_dir()
-    if not ok:
-        what = "a folder of ground-truth masks" if folder_only else "a file or folder"
-        state = "does not exist" if not path.exists() else f"is not {what}"
-        raise _line_error(manifest, line, field, f"{value!r} ({path}) {state}; paths are relative to the manifest's folder")
+    problem = path_problem(path)
+    if problem is None and folder_only and not path.is_dir():
+        problem = "is not a folder of ground-truth masks"
+    if problem is not None:
+        where = f"{value!r} ({printable(path)})"
+        raise _line_error(manifest, line, field, f"{where} {problem}; paths are relative to the manifest's folder")
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_every_manifest_mistake_names_the_line_and_the_field(folder: Path, file:
 
 
 def test_a_manifest_that_does_not_exist_or_is_not_utf8(folder: Path):
-    assert "do not exist" in error_of(folder / "absent.csv")
+    assert "does not exist" in error_of(folder / "absent.csv")
     (folder / "latin1.csv").write_bytes("source,mask\ncaf\xe9.mp4,a_mask.png\n".encode("latin-1"))
     assert "not UTF-8" in error_of(folder / "latin1.csv")
 
@@ -123,6 +124,16 @@ def test_names_that_collide_after_case_folding_are_refused(folder: Path):
                      {"source": "b.mp4", "mask": "b_mask.png", "name": "STRASSE"})
     message = error_of(manifest)
     assert "line 2" in message and "line 1" in message and "differs only in case" in message
+
+
+def test_fifos_and_link_loops_are_refused_without_being_opened(folder: Path):
+    os.mkfifo(folder / "jobs.csv")
+    assert "FIFO" in error_of(folder / "jobs.csv")
+    os.mkfifo(folder / "pipe.mp4")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    assert "FIFO" in error_of(jsonl(folder, {"source": "pipe.mp4", "mask": "a_mask.png"}))
+    message = error_of(jsonl(folder, {"source": "a.mp4", "mask": "loop.png"}))
+    assert "line 1" in message and "'mask'" in message and "link loop" in message
 
 
 def test_a_nul_byte_in_a_path_is_refused(folder: Path):
