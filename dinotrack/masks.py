@@ -49,9 +49,9 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     if problem:
         raise UsageError(f"Mask {printable(path)} {problem}. Give the path of a PNG label map.")
     try:
-        _check_mask_pixels(path, image_size(path))
+        check_mask_pixels(path, image_size(path))
         with Image.open(path) as image:
-            _check_mask_pixels(path, image.size)
+            check_mask_pixels(path, image.size)
             image.load()
             return _ids_from_image(image, path)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
@@ -61,8 +61,11 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
         ) from None
 
 
-def _check_mask_pixels(path: Path, size: tuple[int, int] | None) -> None:
-    """A :class:`UsageError` if a mask of ``size`` (``(width, height)``; ``None``: not known yet) is too large."""
+def check_mask_pixels(path: Path, size: tuple[int, int] | None) -> None:
+    """A :class:`UsageError` if a mask of ``size`` (``(width, height)``; ``None``: not known yet) is too large.
+
+    Call it with :func:`dinotrack.inputs.image_size` before decoding, and with the opened image's size.
+    """
     problem = size and too_many_pixels(size)
     if problem:
         raise UsageError(f"Mask {path} is {problem}. Give the first frame's mask at the frames' size.")

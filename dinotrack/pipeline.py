@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +270,7 @@ def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
             f"--mask {folder} is a folder without PNG files. Give the first frame's mask, "
             "or a folder of PNG masks named like the frames."
         )
-    stems = _source_stems(source)
+    stems = _source_stems(source, by_stem)
     unknown = sorted(set(by_stem) - set(stems))
     if unknown:
         log.warning(
@@ -280,16 +280,20 @@ def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
     files = {index: by_stem[stem] for index, stem in enumerate(stems) if stem in by_stem}
     if 0 not in files:
         raise UsageError(
-            f"--mask {folder} has no mask for the first frame ({stems[0]}.png). Tracking starts from the "
+            f"--mask {folder} has no mask for the first frame ({source.stem(0)}.png). Tracking starts from the "
             "first frame, so it needs a mask; add one named like that frame."
         )
     return files
 
 
-def _source_stems(source: FrameSource) -> list[str]:
+def _source_stems(source: FrameSource, mask_stems: Iterable[str]) -> list[str]:
+    """The frames' names; for a video whose container gives no frame count, up to the last numbered mask."""
     if source.kind == "folder":
         return [file.stem for file in source.files]
-    return [source.stem(index) for index in range(source.frame_count or 0)]
+    count = source.frame_count
+    if count is None:
+        count = 1 + max((int(stem) for stem in mask_stems if stem.isdigit()), default=0)
+    return [source.stem(index) for index in range(count)]
 
 
 def read_keyframe(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
@@ -315,6 +319,12 @@ def check_output(output: Path, *, overwrite: bool, resume: bool) -> None:
     """
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    links = [name for name in RESULT_FILES if (output / name).is_symlink()]
+    if links:
+        raise UsageError(
+            f"--output {output} holds symbolic links where dinotrack writes its results ({', '.join(links)}). "
+            "dinotrack never writes through links; remove them or choose another folder."
+        )
     previous = _previous_results(output)
     if previous and not (overwrite or resume):
         raise UsageError(
@@ -338,7 +348,7 @@ def prepare_output(output: Path, *, overwrite: bool) -> None:
 
 
 def _previous_results(output: Path) -> list[str]:
-    return [name for name in RESULT_FILES if (output / name).exists()]
+    return [name for name in RESULT_FILES if (output / name).exists() or (output / name).is_symlink()]
 
 
 def load_backbone(options: RunOptions) -> Backbone:

@@ -50,6 +50,7 @@ from dinotrack.sources import frame_order
 from dinotrack.structs import DinotrackError, UsageError
 
 REPORT_FILE = "report.html"
+BATCH_FILE = "batch.json"
 METRICS_FILE = "metrics.json"
 OVERLAY_FILE = "overlay.mp4"
 MASKS_FOLDER = "masks"
@@ -110,17 +111,14 @@ class RunView:
 
     anchor: str
     name: str
-    folder: Path
-    record: RunRecord | None
+    record: RunRecord | None = None
+    status: str = "unreadable"
+    error: str | None = None
     metrics: list[ObjectResult] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     video: str | None = None
     charts: list[Chart] = field(default_factory=list)
     thumbnails: list[Thumbnail] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return self.record.status if self.record is not None else "unreadable"
 
 
 def write_report(directory: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
@@ -150,12 +148,6 @@ def find_runs(directory: Path) -> list[Path]:
     if (directory / RUN_FILE).is_file():
         return [directory]
     names = frame_order(child.name for child in directory.iterdir() if (child / RUN_FILE).is_file())
-    if not names:
-        raise UsageError(
-            f"{directory} holds no dinotrack run: there is no {RUN_FILE} in it, nor in any folder directly inside it. "
-            "Give the --output folder of `dinotrack track`, or of `dinotrack benchmark` or `dinotrack batch` "
-            "(whose runs are its sub-folders)."
-        )
     return [directory / name for name in names]
 
 
@@ -164,6 +156,13 @@ def render_report(directory: Path, page_folder: Path) -> str:
     folders = find_runs(directory)
     shared = _shared_metrics(directory) if folders != [directory] else None
     runs = [_run_view(folder, f"run-{number}", shared, page_folder) for number, folder in enumerate(folders, start=1)]
+    runs += _jobs_without_runs(directory, {folder.name for folder in folders}, len(runs))
+    if not runs:
+        raise UsageError(
+            f"{directory} holds no dinotrack run: there is no {RUN_FILE} in it, nor in any folder directly inside it. "
+            "Give the --output folder of `dinotrack track`, or of `dinotrack benchmark` or `dinotrack batch` "
+            "(whose runs are its sub-folders)."
+        )
     return _template().render(
         title=directory.resolve().name,
         directory=str(directory.resolve()),
@@ -177,6 +176,21 @@ def render_report(directory: Path, page_folder: Path) -> str:
     )
 
 
+def _jobs_without_runs(directory: Path, names: set[str], numbered: int) -> list[RunView]:
+    """The videos a ``batch.json`` lists that left no run (refused before their folder was made), with their error."""
+    try:
+        videos = json.loads((directory / BATCH_FILE).read_text(encoding="utf-8"))["videos"]
+        entries = [(str(video["name"]), str(video["status"]), video.get("error")) for video in videos]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    missing = [(name, status, error) for name, status, error in entries if name not in names]
+    return [
+        RunView(f"run-{number}", name, status=status, error=str(error) if error is not None else None,
+                problems=[f"No run folder: {directory / name} holds no {RUN_FILE}."])
+        for number, (name, status, error) in enumerate(missing, start=numbered + 1)
+    ]
+
+
 def _shared_metrics(directory: Path) -> EvalReport | None:
     """A ``benchmark`` output's own metrics.json (runs of older versions have none of their own)."""
     try:
@@ -186,12 +200,13 @@ def _shared_metrics(directory: Path) -> EvalReport | None:
 
 
 def _run_view(folder: Path, anchor: str, shared: EvalReport | None, page_folder: Path) -> RunView:
-    view = RunView(anchor, folder.name, folder, None)
+    view = RunView(anchor, folder.name)
     try:
         view.record = RunRecord.read(folder)
+        view.status, view.error = view.record.status, view.record.error
     except DinotrackError:
         view.problems.append(f"{folder / RUN_FILE} could not be read: it is damaged or not a dinotrack run record.")
-    view.metrics = _run_metrics(view, shared)
+    view.metrics = _run_metrics(folder, view, shared)
     stems = frame_order(path.stem for path in (folder / MASKS_FOLDER).glob("*.png"))
     positions = {stem: index for index, stem in enumerate(stems)}
     overlay = folder / OVERLAY_FILE
@@ -202,8 +217,8 @@ def _run_view(folder: Path, anchor: str, shared: EvalReport | None, page_folder:
     return view
 
 
-def _run_metrics(view: RunView, shared: EvalReport | None) -> list[ObjectResult]:
-    path = view.folder / METRICS_FILE
+def _run_metrics(folder: Path, view: RunView, shared: EvalReport | None) -> list[ObjectResult]:
+    path = folder / METRICS_FILE
     if path.is_file():
         try:
             return read_json(path).objects

@@ -511,19 +511,25 @@ class VideoWriter:
         self.close()
 
     def _encode_all(self) -> None:
+        drained = False
         try:
             while (rgb := self._frames.get()) is not _DONE:
                 self._encoder.encode(rgb)
                 self.frames_written += 1
+            drained = True
             self._encoder.close()
         except BaseException as error:  # reported to the caller by write() or close()
             self._error = error
             with contextlib.suppress(Exception):
                 self._encoder.close()
-            while self._frames.get() is not _DONE:
+            while not drained and self._frames.get() is not _DONE:
                 pass
 
     def _raise_failure(self) -> None:
+        """Raise the encoder's failure: an ``OSError`` (full disk, vanished folder) as it is, for the caller to
+        word with what it knows; anything else as a :class:`DinotrackError`."""
+        if isinstance(self._error, OSError):
+            raise self._error
         if self._error is not None:
             raise DinotrackError(
                 f"Writing the video {self.path} failed: {self._error}. Check the free disk space "

@@ -47,10 +47,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
-def track(output: Path, weights: Path, *extra: str) -> object:
+class Result:
+    """The CLI's exit status and its output with line wrapping undone."""
+
+    def __init__(self, exit_code: int, output: str) -> None:
+        self.exit_code = exit_code
+        self.output = " ".join(output.split())
+
+
+def track(output: Path, weights: Path, *extra: str) -> Result:
     args = ["track", str(VIDEO), "--mask", str(MASK), "--output", str(output), "--model", "tiny",
             "--weights", str(weights), "--device", "cpu", "--short-side", "64", *extra]
-    return CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args)
+    return Result(result.exit_code, result.output)
 
 
 def fault_after(monkeypatch: pytest.MonkeyPatch, frames: int, fault: Callable[[], None]) -> None:
@@ -135,3 +144,25 @@ def test_output_folder_deleted_mid_run(tmp_path, tiny_weights, monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "No such file or directory" in result.output and "--resume" in result.output
     assert not output.exists() or not list(output.rglob("*.png"))
+
+
+def test_links_in_the_output_are_never_written_through(tmp_path: Path, tiny_weights: Path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "masks").symlink_to(elsewhere)
+    result = track(output, tiny_weights, "--no-overlay", "--overwrite")
+    assert result.exit_code == 2 and "symbolic links" in result.output and "masks" in result.output
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_planted_temporary_link_is_replaced_not_followed(tmp_path: Path):
+    from dinotrack.files import atomic_write_text, partial_path
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    target = tmp_path / "run.json"
+    partial_path(target).symlink_to(victim)
+    atomic_write_text(target, "{}")
+    assert victim.read_text() == "keep" and target.read_text() == "{}" and not target.is_symlink()

@@ -27,9 +27,12 @@ import cv2
 import numpy as np
 import pytest
 
+from typer.testing import CliRunner
+
 from dinotrack import sources
+from dinotrack.cli import app
 from dinotrack.inputs import MAX_IMAGE_PIXELS, image_size
-from dinotrack.masks import read_label_map
+from dinotrack.masks import read_label_map, write_label_map
 from dinotrack.sources import FOLDER_FPS, VideoWriter, open_source
 from dinotrack.structs import DinotrackError
 from test_errors import (  # noqa: F401  (ws is a fixture)
@@ -353,3 +356,18 @@ def test_mask_over_the_limit_in_another_format_is_refused_from_pil_header(tmp_pa
     with pytest.raises(DinotrackError, match="Mask .*wide.bmp is 9000x8000 pixels"):
         read_label_map(path)
 
+
+
+def test_bomb_as_ground_truth_is_refused_by_evaluate(tmp_path: Path) -> None:
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    ids = np.zeros((48, 64), np.uint8)
+    ids[10:20, 10:20] = 1
+    for name in ("00000", "00001"):
+        write_label_map(pred / f"{name}.png", ids)
+    write_label_map(gt / "00000.png", ids)
+    png_bomb(gt / "00001.png")
+    result = CliRunner().invoke(app, ["evaluate", str(pred), str(gt), "--all-frames"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "MAX_IMAGE_PIXELS" in " ".join(result.output.split())
