@@ -191,6 +191,8 @@ def test_videos_that_fail_by_their_own_fault_are_recorded_and_the_others_complet
     assert not (tmp_path / "out" / "corrupt").exists() and not (tmp_path / "out" / "square-mask").exists()
     assert videos["eight"]["status"] == videos["twelve"]["status"] == "complete"
     assert_same_masks(tmp_path / "out", [clips["eight"], clips["twelve"]], reference)
+    page = (tmp_path / "out" / "report.html").read_text()  # the failed videos too, with their errors
+    assert ">corrupt<" in page and "Cannot decode" in page and "a different shape" in page
 
 
 def test_a_killed_worker_is_replaced_and_its_video_resumed_from_disk(cluster, options, clips, reference, tmp_path):
@@ -278,6 +280,7 @@ def test_without_ray_the_videos_run_in_this_process_with_the_same_masks(no_ray, 
     assert {video["node"] for video in record.videos} == {"local"}
     assert events.of("progress")[-1]["frames_done"] == 20 and events.of("progress")[-1]["videos_done"] == 2
     assert_same_masks(tmp_path / "out", jobs, reference)
+    assert (tmp_path / "out" / "report.html").is_file()
 
 
 def test_without_ray_a_model_that_cannot_load_stops_the_batch_before_any_output(no_ray, options, clips, tmp_path):

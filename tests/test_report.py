@@ -116,6 +116,17 @@ def test_the_cli_writes_where_told(runs: Path, tmp_path: Path):
     assert re.search(r'src="(\.\./)+[^"]*batch/shapes/overlay\.mp4"', page)
 
 
+def test_batch_videos_that_left_no_run_are_shown_with_their_error(tmp_path: Path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    (batch / "batch.json").write_text(json.dumps({"status": "failed", "videos": [
+        {"name": "gone", "status": "failed", "error": "Cannot decode <b>gone.mp4</b> as a video."},
+    ]}))
+    page = write_report(batch).read_text()
+    assert ">gone<" in page and "Cannot decode &lt;b&gt;gone.mp4&lt;/b&gt; as a video." in page
+    assert 'status-failed">failed' in page and "No overlay video" in page
+
+
 def test_records_of_older_versions_are_shown(tmp_path: Path):
     run = tmp_path / "old"
     run.mkdir()
