@@ -14,6 +14,7 @@ _PUBLIC = {
     "Tracker": "dinotrack.tracker",
     "TrackConfig": "dinotrack.structs",
     "evaluate": "dinotrack.evaluation",
+    "write_report": "dinotrack.report",
     "extract_features": "dinotrack.pipeline",
     "track_video": "dinotrack.pipeline",
     "load_backbone": "dinotrack.pipeline",

@@ -43,10 +43,10 @@ from dinotrack.records import RUN_FILE, RunRecord, library_versions
 from dinotrack.report import REPORT_FILE, write_report
 from dinotrack.sinks import (
     SINK_TYPES,
-    OverlayMode,
     EvaluatedPainter,
     GroundTruth,
     MaskSink,
+    OverlayMode,
     OverlayVideo,
     Painter,
     PlainPainter,

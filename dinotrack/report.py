@@ -120,6 +120,29 @@ class RunView:
     charts: list[Chart] = field(default_factory=list)
     thumbnails: list[Thumbnail] = field(default_factory=list)
 
+    @property
+    def confidence(self) -> dict[int, list[float | None]]:
+        """Each object's recorded confidence per frame (none for records without it)."""
+        return {int(key): values for key, values in (self.record.confidence or {}).items()} if self.record else {}
+
+    @property
+    def keyframes(self) -> set[int]:
+        return set(self.record.keyframes) if self.record is not None else set()
+
+    @property
+    def drops(self) -> list[tuple[int, int]]:
+        """``(object id, frame index)`` of each low-confidence frame."""
+        found = (self.record.low_confidence_frames or []) if self.record is not None else []
+        return [(int(drop["object"]), int(drop["index"])) for drop in found]
+
+    @property
+    def frames(self) -> str:
+        """Frames done, and of how many when known."""
+        if self.record is None:
+            return ""
+        total = f" / {self.record.frames_total}" if self.record.frames_total else ""
+        return f"{self.record.frames_done}{total}"
+
 
 def write_report(directory: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
     """Write the report page of the run(s) in ``directory`` to ``output`` (default ``directory/report.html``).
@@ -228,10 +251,6 @@ def _run_metrics(folder: Path, view: RunView, shared: EvalReport | None) -> list
     return [result for result in shared.objects if result.sequence == view.name] if shared is not None else []
 
 
-def _confidence(record: RunRecord | None) -> dict[int, list[float | None]]:
-    return {int(key): values for key, values in (record.confidence or {}).items()} if record is not None else {}
-
-
 def _scored_frames(results: Sequence[ObjectResult], positions: dict[str, int]) -> dict[int, list[float]]:
     """``{frame index: [(J + F) / 2 of each object]}`` over the scored frames found in ``positions``."""
     frames: dict[int, list[float]] = {}
@@ -243,20 +262,24 @@ def _scored_frames(results: Sequence[ObjectResult], positions: dict[str, int]) -
 
 
 def _worst_frames(view: RunView, positions: dict[str, int]) -> list[tuple[int, str]]:
-    """``(frame index, caption)`` of the run's worst frames: lowest mean J&F, else lowest confidence (keyframes excepted)."""
-    if view.metrics:
-        quality = {index: float(np.mean(values)) for index, values in _scored_frames(view.metrics, positions).items()}
-        label = "J&F"
-    else:
-        keyframes = set(view.record.keyframes) if view.record is not None else set()
-        quality = {}
-        for values in _confidence(view.record).values():
-            for index, value in enumerate(values):
-                if value is not None and index not in keyframes:
-                    quality[index] = min(value, quality.get(index, 1.0))
-        label = "confidence"
+    """``(frame index, caption)`` of the run's worst frames, in frame order."""
+    quality, label = _frame_quality(view, positions)
     worst = sorted(quality, key=lambda index: (quality[index], index))[:WORST_FRAMES]
     return [(index, f"{label} {quality[index]:.3f}") for index in sorted(worst)]
+
+
+def _frame_quality(view: RunView, positions: dict[str, int]) -> tuple[dict[int, float], str]:
+    """``{frame index: quality}`` and its name: mean J&F over the objects when scored, else the lowest
+    confidence of any object (keyframes left out)."""
+    if view.metrics:
+        scored = _scored_frames(view.metrics, positions)
+        return {index: float(np.mean(values)) for index, values in scored.items()}, "J&F"
+    quality: dict[int, float] = {}
+    for values in view.confidence.values():
+        for index, value in enumerate(values):
+            if value is not None and index not in view.keyframes:
+                quality[index] = min(value, quality.get(index, 1.0))
+    return quality, "confidence"
 
 
 def _thumbnails(video: Path, frames: list[tuple[int, str]], stems: list[str]) -> list[Thumbnail]:
@@ -290,11 +313,8 @@ def _jpeg_uri(bgr: np.ndarray) -> str:
 
 def _charts(view: RunView, positions: dict[str, int], frames: int) -> list[Chart]:
     """One chart per object: J (solid) and F (dashed) when scored, confidence (dotted) when recorded."""
-    confidence = _confidence(view.record)
+    confidence = view.confidence
     scored = {result.object_id: result for result in view.metrics}
-    drops: dict[int, list[int]] = {}
-    for drop in (view.record.low_confidence_frames or []) if view.record is not None else []:
-        drops.setdefault(int(drop["object"]), []).append(int(drop["index"]))
     announced = view.record.frames_total if view.record is not None else None
     total = max(frames, announced or 0, 2)
     charts = []
@@ -308,7 +328,7 @@ def _charts(view: RunView, positions: dict[str, int], frames: int) -> list[Chart
             lines.append(Line(_points(indices, result.f, total), colour, "f"))
         if label in confidence:
             lines.append(Line(_points(list(range(len(confidence[label]))), confidence[label], total), colour, "confidence"))
-        marks = [_chart_x(index, total) for index in drops.get(label, [])]
+        marks = [_chart_x(index, total) for object_id, index in view.drops if object_id == label]
         charts.append(Chart(f"object {label}", colour, lines, marks, total - 1))
     return charts
 
@@ -352,18 +372,13 @@ def _rows(runs: list[RunView]) -> list[Row]:
     """One row per object of every run, worst first (by J&F, else confidence; unscored last)."""
     rows = []
     for run in runs:
-        record = run.record
-        keyframes = set(record.keyframes) if record is not None else set()
-        confidence = _confidence(record)
+        confidence = run.confidence
         scored = {result.object_id: result.scores for result in run.metrics}
-        drops = Counter(int(drop["object"]) for drop in (record.low_confidence_frames or [])) if record else Counter()
-        frames = f"{record.frames_done} / {record.frames_total}" if record and record.frames_total else (
-            str(record.frames_done) if record else "")
-        labels = sorted(scored.keys() | confidence.keys()) or [None]
-        for label in labels:
+        drops = Counter(object_id for object_id, _ in run.drops)
+        for label in sorted(scored.keys() | confidence.keys()) or [None]:
             rows.append(Row(
                 run.anchor, run.name, label, _hex(label) if label is not None else "", run.status, scored.get(label),
-                _mean_confidence(confidence.get(label, []), keyframes), drops.get(label, 0), frames,
+                _mean_confidence(confidence.get(label, []), run.keyframes), drops[label], run.frames,
             ))
     return sorted(rows, key=_badness)
 

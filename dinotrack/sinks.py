@@ -23,8 +23,8 @@ import numpy as np
 from dinotrack.evaluation import read_ids, score_frame
 from dinotrack.masks import object_ids, write_label_map
 from dinotrack.render import (
-    TIMELINE_HEIGHT,
     ROW_HEIGHT,
+    TIMELINE_HEIGHT,
     Caption,
     Timeline,
     caption_band,
