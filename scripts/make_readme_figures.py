@@ -4,6 +4,9 @@ Real DINOv3 weights cannot be downloaded where dinotrack is built, so videos
 are tracked from noisy oracle features (see scripts/oracle_eval.py): the
 pictures show what dinotrack writes, not how good a backbone is.
 
+The sample clip is tracked at S=240, the DAVIS sequences at S=480, with
+noise 1 (``--noise``).
+
 - ``docs/overlay.png``: a frame of the plain overlay of the sample clip;
 - ``docs/evaluated.png``: the worst frame of the evaluated overlay of DAVIS
   bmx-trees (the sample clip's where ../shared/data is absent);
@@ -35,13 +38,16 @@ from dinotrack.testing.browser import headless_chromium, missing_browser  # noqa
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_videos"
-SHORT_SIDE = 240
+SAMPLE_SHORT_SIDE = 240
+DAVIS_SHORT_SIDE = 480
 
 
-def track_oracle(frames: Path, mask: Path, gt: Path, run: Path, work: Path, *, noise: float, overlay: str) -> RunReport:
+def track_oracle(
+    frames: Path, mask: Path, gt: Path, run: Path, work: Path, *, short_side: int, noise: float, overlay: str
+) -> RunReport:
     """Track from oracle features of ``gt`` with ``noise``; with ground truth, so scored and reported."""
-    cache = write_oracle_cache(work / f"cache-{run.name}", gt, Setting(SHORT_SIDE, noise, 0), dim=64, seed=0)
-    options = RunOptions(short_side=SHORT_SIDE, overlay=overlay, device="cpu")
+    cache = write_oracle_cache(work / f"cache-{run.name}", gt, Setting(short_side, noise, 0), dim=64, seed=0)
+    options = RunOptions(short_side=short_side, overlay=overlay, device="cpu")
     return track_video(frames, mask, run, options, features=cache, gt=gt)
 
 
@@ -76,31 +82,34 @@ def screenshot(page: Path, target: Path, size: tuple[int, int]) -> None:
         driver.quit()
 
 
-def videos() -> list[tuple[str, Path, Path]]:
-    """``(name, frames, ground truth)`` of the report's runs: the DAVIS sequences, or the sample clip without them."""
+def videos() -> list[tuple[str, Path, Path, int]]:
+    """``(name, frames, ground truth, short side)`` of the report's runs: the DAVIS sequences, or the sample
+    clip without them."""
     annotations = DAVIS / "Annotations" / "480p"
     if not (DAVIS / "JPEGImages" / "480p").is_dir():
-        return [("shapes", SAMPLE / "shapes.mp4", SAMPLE / "shapes_gt")]
+        return [("shapes", SAMPLE / "shapes.mp4", SAMPLE / "shapes_gt", SAMPLE_SHORT_SIDE)]
     names = sorted(path.name for path in annotations.iterdir() if path.is_dir())
-    return [(name, DAVIS / "JPEGImages" / "480p" / name, annotations / name) for name in names]
+    return [(name, DAVIS / "JPEGImages" / "480p" / name, annotations / name, DAVIS_SHORT_SIDE) for name in names]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=ROOT / "docs", help="folder for the PNGs")
     parser.add_argument("--frame", type=int, default=20, help="which frame of the sample clip's plain overlay to show")
-    parser.add_argument("--noise", type=float, default=1.5, help="noise norm added to the oracle features")
+    parser.add_argument("--noise", type=float, default=1.0, help="noise norm added to the oracle features")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dinotrack-figures-") as temporary:
         work = Path(temporary)
         sample = track_oracle(SAMPLE / "shapes.mp4", SAMPLE / "shapes_mask.png", SAMPLE / "shapes_gt",
-                              work / "plain" / "shapes", work, noise=args.noise, overlay="plain")
+                              work / "plain" / "shapes", work, short_side=SAMPLE_SHORT_SIDE, noise=args.noise,
+                              overlay="plain")
         video_frame(sample.output / "overlay.mp4", args.frame, args.output / "overlay.png")
         shutil.copyfile(sample.output / "metrics.png", args.output / "metrics.png")
         runs = work / "runs"
-        for name, frames, gt in videos():
-            track_oracle(frames, gt / "00000.png", gt, runs / name, work, noise=args.noise, overlay="evaluated")
+        for name, frames, gt, short_side in videos():
+            track_oracle(frames, gt / "00000.png", gt, runs / name, work, short_side=short_side, noise=args.noise,
+                         overlay="evaluated")
         evaluated = runs / "bmx-trees" if (runs / "bmx-trees").is_dir() else runs / "shapes"
         video_frame(evaluated / "overlay.mp4", worst_frame(evaluated), args.output / "evaluated.png")
         page = write_report(runs)
