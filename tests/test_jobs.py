@@ -51,6 +51,17 @@ def test_bad_options_are_refused_at_once():
         RunOptions(batch_size=0)
     with pytest.raises(UsageError, match="--keyframe-bound"):
         RunOptions(keyframe_bound=-1)
+    with pytest.raises(UsageError, match="--overlay must be one of auto, plain, evaluated, side-by-side, none"):
+        RunOptions(overlay=False)
+
+
+def test_the_overlay_follows_the_ground_truth():
+    assert RunOptions().overlay_mode(with_gt=True) == "evaluated"
+    assert RunOptions().overlay_mode(with_gt=False) == "plain"
+    assert RunOptions(overlay="side-by-side").overlay_mode(with_gt=True) == "side-by-side"
+    assert RunOptions(overlay="none").overlay_mode(with_gt=True) is None
+    with pytest.raises(UsageError, match="Pass --gt DIR"):
+        RunOptions(overlay="evaluated").overlay_mode(with_gt=False)
 
 
 def test_one_backbone_tracks_many_videos(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
