@@ -1,4 +1,4 @@
-"""Time dinotrack's stages, whole runs and memory, and check its performance targets.
+"""Time dinotrack's stages, whole runs, memory and keyframes, and check its performance targets.
 
 Prints the machine, then the tables of each part ``--only`` selects, one
 per short side ``S`` of ``--short-sides``, each with the preset it ran
@@ -13,6 +13,9 @@ per short side ``S`` of ``--short-sides``, each with the preset it ran
   against the bare backbone on the same frames (``scripts/bench/end_to_end.py``).
 - ``memory``: peak RSS of ``dinotrack track`` on a short and a long video
   (``scripts/bench/memory.py``).
+- ``keyframes``: ``track_video`` from a feature cache with a keyframe every
+  few frames, on a short and a long video, with the keyframe bound and
+  without (``scripts/bench/keyframes.py``).
 
 Every part times the library's own functions. Frames are the DAVIS
 sequences of ``../shared/data`` (854x480) played one after another and
@@ -27,6 +30,7 @@ keep the best of several runs.
     python scripts/benchmark.py --only propagation --short-sides 960
     python scripts/benchmark.py --only end-to-end --short-sides 480 --frames 100 --repeats 3
     python scripts/benchmark.py --only memory --short-sides 480 --memory-frames 150,1500
+    python scripts/benchmark.py --only keyframes --short-sides 480 --keyframe-frames 150,300
     python scripts/benchmark.py --device cuda --model vitl16 --short-sides 960
 """
 
@@ -44,7 +48,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it,
 
 import torch  # noqa: E402
 
-from bench import end_to_end, memory, stages  # noqa: E402
+from bench import end_to_end, keyframes, memory, stages  # noqa: E402
 from bench.common import FRAME_SIZE, Table, Workspace, machine_table, source_description  # noqa: E402
 from dinotrack.backbones import resolve_device  # noqa: E402
 from dinotrack.structs import PRESETS  # noqa: E402
@@ -53,6 +57,7 @@ PARTS: dict[str, Callable[[Workspace, int], Table]] = {
     "stages": stages.table,
     "end-to-end": end_to_end.table,
     "memory": memory.table,
+    "keyframes": keyframes.table,
 }
 """Each part makes one table per short side."""
 
@@ -69,8 +74,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="the preset of every table")
     parser.add_argument("--frames", type=int, default=100, help="frames of the clip that is decoded and tracked end to end")
     parser.add_argument("--samples", type=int, default=5, help="timed propagation frames after the queue is full")
-    parser.add_argument("--repeats", type=int, default=1, help="end-to-end runs, alternated; the best of each counts")
+    parser.add_argument("--repeats", type=int, default=1, help="end-to-end and keyframe runs, alternated; the best of each counts")
     parser.add_argument("--memory-frames", type=comma_list(int), default=[150, 1500], help="short,long video lengths for peak RSS")
+    parser.add_argument("--keyframe-frames", type=comma_list(int), default=[150, 300], help="short,long video lengths for keyframes")
+    parser.add_argument("--keyframe-every", type=int, default=5, help="a keyframe every this many frames")
+    parser.add_argument(
+        "--keyframe-features", default="oracle", choices=("oracle", "backbone"), help="the keyframe runs' feature cache"
+    )
     parser.add_argument("--model", default="vits16", help="backbone: a registered name or an import path")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
@@ -79,10 +89,10 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.only) - set(choices)
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
-    if min(args.frames, args.samples, args.repeats, args.threads or 1) < 1:
-        parser.error("--frames, --samples, --repeats and --threads must be at least 1")
-    if len(args.memory_frames) != 2:
-        parser.error("--memory-frames takes 2 lengths")
+    if min(args.frames, args.samples, args.repeats, args.keyframe_every, args.threads or 1) < 1:
+        parser.error("--frames, --samples, --repeats, --keyframe-every and --threads must be at least 1")
+    if len(args.memory_frames) != 2 or len(args.keyframe_frames) != 2:
+        parser.error("--memory-frames and --keyframe-frames take 2 lengths each")
     args.stages = set(stages.STAGES) if "stages" in args.only else set(args.only) & set(stages.STAGES)
     args.parts = [part for part in PARTS if part in args.only or (part == "stages" and args.stages)]
     return args
