@@ -66,7 +66,7 @@ def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     choices = [*PARTS, *stages.STAGES]
     parser.add_argument("--only", type=comma_list(str), default=list(PARTS), help=f"parts or stages, comma-separated: {','.join(choices)}")
@@ -85,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     unknown = set(args.only) - set(choices)
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
@@ -98,8 +98,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     machine_table(resolve_device(args.device)).print()
