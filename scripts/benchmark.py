@@ -49,7 +49,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it,
 import torch  # noqa: E402
 
 from bench import end_to_end, keyframes, memory, stages  # noqa: E402
-from bench.common import FRAME_SIZE, Table, Workspace, machine_table, source_description  # noqa: E402
+from bench.common import FOOTAGE, FRAME_SIZE, Table, Workspace, machine_table  # noqa: E402
 from dinotrack.backbones import resolve_device  # noqa: E402
 from dinotrack.structs import PRESETS  # noqa: E402
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     machine_table(resolve_device(args.device)).print()
-    print(f"\nFrames: {source_description()}, {FRAME_SIZE[1]}x{FRAME_SIZE[0]}. CPU time: all threads of the process.")
+    print(f"\nFrames: {FOOTAGE.describe()}, {FRAME_SIZE[1]}x{FRAME_SIZE[0]}. CPU time: all threads of the process.")
     with tempfile.TemporaryDirectory(prefix="dinotrack-benchmark-") as folder:
         work = Workspace(Path(folder), args)
         for part in args.parts:

@@ -1,8 +1,8 @@
-"""What every part of the benchmark shares: tables, timing, the looped DAVIS clip, the workspace.
+"""What every part of the benchmark shares: tables, timing, the looped DAVIS footage, the workspace.
 
 Frames are the DAVIS sequences of ``../shared/data`` (854x480) played one after
 another and looped, with their ground truth; or, where that folder is absent,
-the sample clip and its ground truth upscaled to 854x480.
+the sample clip and its ground truth upscaled to 854x480 (see :class:`Footage`).
 """
 
 from __future__ import annotations
@@ -84,13 +84,13 @@ def describe(config: TrackConfig) -> str:
     )
 
 
-# --- frames and masks: the DAVIS sequences (or the sample clip), looped ------------------------
+# --- footage: frames and their ground truth, looped --------------------------------------------
 
 
-def davis_sequences() -> list[str]:
+def davis_sequences() -> tuple[str, ...]:
     """The names of the DAVIS sequences of the shared data, sorted; empty when absent."""
     root = DAVIS / "JPEGImages" / "480p"
-    return sorted(path.name for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+    return tuple(sorted(path.name for path in root.iterdir() if path.is_dir())) if root.is_dir() else ()
 
 
 def looped(one_pass: Callable[[], Iterable[T]], count: int) -> Iterator[T]:
@@ -103,53 +103,68 @@ def looped(one_pass: Callable[[], Iterable[T]], count: int) -> Iterator[T]:
     return itertools.islice(forever(), count)
 
 
-def looped_frames(count: int) -> Iterator[np.ndarray]:
-    """``count`` frames ``[480, 854, 3] uint8`` RGB."""
-    return looped(_frame_pass, count)
+@dataclass(frozen=True)
+class Footage:
+    """DAVIS sequences played one after another and looped, with their ground truth;
+    without sequences, the sample clip and its ground truth upscaled to 854x480."""
+
+    sequences: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """For file names."""
+        return "+".join(self.sequences) or "sample"
+
+    def first_only(self) -> Footage:
+        """The first sequence alone, looped."""
+        return Footage(self.sequences[:1])
+
+    def describe(self) -> str:
+        if self.sequences:
+            return f"DAVIS {', '.join(self.sequences)} looped, with their ground truth"
+        return "sample clip shapes.mp4 and its ground truth upscaled, looped"
+
+    def frames(self, count: int) -> Iterator[np.ndarray]:
+        """``count`` frames ``[480, 854, 3] uint8`` RGB."""
+        return looped(self._frame_pass, count)
+
+    def masks(self, count: int) -> Iterator[np.ndarray]:
+        """The ground truth ``[480, 854] uint8`` of the frames of :meth:`frames`."""
+        return looped(self._mask_pass, count)
+
+    def _frame_pass(self) -> Iterator[np.ndarray]:
+        if self.sequences:
+            for file in self._davis_files("JPEGImages", "*.jpg"):
+                yield cv2.cvtColor(cv2.imread(str(file)), cv2.COLOR_BGR2RGB)
+            return
+        for frame in open_source(SAMPLE / "shapes.mp4"):
+            yield cv2.resize(frame.rgb, FRAME_SIZE[::-1], interpolation=cv2.INTER_CUBIC)
+
+    def _mask_pass(self) -> Iterator[np.ndarray]:
+        files = self._davis_files("Annotations", "*.png") if self.sequences else sorted((SAMPLE / "shapes_gt").glob("*.png"))
+        for file in files:
+            yield cv2.resize(read_label_map(file), FRAME_SIZE[::-1], interpolation=cv2.INTER_NEAREST)
+
+    def _davis_files(self, kind: str, pattern: str) -> list[Path]:
+        return [file for name in self.sequences for file in sorted((DAVIS / kind / "480p" / name).glob(pattern))]
 
 
-def looped_masks(count: int) -> Iterator[np.ndarray]:
-    """The ground truth ``[480, 854] uint8`` of the frames of :func:`looped_frames`."""
-    return looped(_mask_pass, count)
+FOOTAGE = Footage(davis_sequences())
+"""Every DAVIS sequence of the shared data, or the sample clip: what the parts run on unless they say otherwise."""
 
 
-def _frame_pass() -> Iterator[np.ndarray]:
-    if davis_sequences():
-        for file in _davis_files("JPEGImages", "*.jpg"):
-            yield cv2.cvtColor(cv2.imread(str(file)), cv2.COLOR_BGR2RGB)
-        return
-    for frame in open_source(SAMPLE / "shapes.mp4"):
-        yield cv2.resize(frame.rgb, FRAME_SIZE[::-1], interpolation=cv2.INTER_CUBIC)
-
-
-def _mask_pass() -> Iterator[np.ndarray]:
-    files = _davis_files("Annotations", "*.png") if davis_sequences() else sorted((SAMPLE / "shapes_gt").glob("*.png"))
-    for file in files:
-        yield cv2.resize(read_label_map(file), FRAME_SIZE[::-1], interpolation=cv2.INTER_NEAREST)
-
-
-def _davis_files(kind: str, pattern: str) -> list[Path]:
-    return [file for name in davis_sequences() for file in sorted((DAVIS / kind / "480p" / name).glob(pattern))]
-
-
-def source_description() -> str:
-    if davis_sequences():
-        return f"DAVIS {', '.join(davis_sequences())} looped, with their ground truth"
-    return "sample clip shapes.mp4 and its ground truth upscaled, looped"
-
-
-def write_video(path: Path, count: int) -> Path:
-    """An H.264 (or mp4v) clip of ``count`` looped frames at 24 fps."""
+def write_video(path: Path, count: int, footage: Footage = FOOTAGE) -> Path:
+    """An H.264 (or mp4v) clip of the first ``count`` frames of ``footage`` at 24 fps."""
     with VideoWriter(path, FPS, FRAME_SIZE) as writer:
-        for rgb in looped_frames(count):
+        for rgb in footage.frames(count):
             writer.write(rgb)
     return path
 
 
 def write_folder(path: Path, count: int) -> Path:
-    """A folder of ``count`` looped frames as JPEG (quality 95), named 00000.jpg, ..."""
+    """A folder of the first ``count`` frames as JPEG (quality 95), named 00000.jpg, ..."""
     path.mkdir(parents=True)
-    for index, rgb in enumerate(looped_frames(count)):
+    for index, rgb in enumerate(FOOTAGE.frames(count)):
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(path / f"{index:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
     return path
@@ -255,7 +270,7 @@ class Workspace:
     @cached_property
     def mask(self) -> np.ndarray:
         """The first frame's ``[480, 854] uint8`` ground truth."""
-        return next(looped_masks(1))
+        return next(FOOTAGE.masks(1))
 
     @cached_property
     def mask_file(self) -> Path:
@@ -267,10 +282,10 @@ class Workspace:
         """The clip of ``--frames`` frames."""
         return self.clip(self.args.frames)
 
-    def clip(self, count: int) -> Path:
-        """An H.264 clip of the first ``count`` looped frames (written once)."""
-        path = self.root / f"clip{count}.mp4"
-        return path if path.exists() else write_video(path, count)
+    def clip(self, count: int, footage: Footage = FOOTAGE) -> Path:
+        """An H.264 clip of the first ``count`` frames of ``footage`` (written once)."""
+        path = self.root / f"clip{count}-{footage.name}.mp4"
+        return path if path.exists() else write_video(path, count, footage)
 
     @cached_property
     def folder(self) -> Path:

@@ -1,6 +1,8 @@
 """Bounded keyframes: with a keyframe every few frames, the cost per frame stays flat.
 
-The ground truth of every ``--keyframe-every``-th frame of the looped clip is
+The footage is one DAVIS sequence looped (:data:`ONE_SEQUENCE`: the first,
+blackswan, 50 frames; or the sample clip), so that the long video's frames
+are the short one's again and only the context can make them cost more. The ground truth of every ``--keyframe-every``-th frame is
 given as keyframes (a ``--mask DIR`` folder), and ``track_video`` runs from a
 feature cache, so that what is timed is what keyframes can make grow
 (propagation), beside the per-frame work that does not grow (decoding the
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import FRAME_SIZE, Row, Table, Workspace, describe, looped_masks, timed, verdict
+from bench.common import FOOTAGE, FRAME_SIZE, Row, Table, Workspace, describe, timed, verdict
 from dinotrack.features import FeatureCacheWriter, patch_grid
 from dinotrack.masks import object_ids, write_label_map
 from dinotrack.pipeline import extract_features, track_video
@@ -35,6 +37,7 @@ from dinotrack.structs import TrackConfig
 from dinotrack.tracker import Tracker
 from oracle_eval import PATCH_SIZE, oracle_features
 
+ONE_SEQUENCE = FOOTAGE.first_only()
 UNBOUNDED = 1000
 """A keyframe bound no run here reaches."""
 FLAT_TARGET = 1.15
@@ -67,7 +70,8 @@ def table(work: Workspace, short_side: int) -> Table:
             runs[bound, count].append(run_tracking(work, short_side, cache, bound, count))
     title = (
         f"Keyframes every {work.args.keyframe_every} frames at S={short_side}, --preset {work.args.preset} "
-        f"({describe(config)}): track_video from {work.args.keyframe_features} features, no overlay"
+        f"({describe(config)}): track_video on {ONE_SEQUENCE.describe()}, from {work.args.keyframe_features} features, "
+        "no overlay"
     )
     result = Table(title, ("keyframe bound", "frames", "wall s", "ms/frame", "Tracker s", "context at end", "notes"))
     for bound in bounds:
@@ -97,7 +101,8 @@ def run_tracking(work: Workspace, short_side: int, cache: Path, bound: int, coun
     output = work.root / f"keyframes-run-{count}-{bound}"
     masks = keyframe_folder(work, count)
     report, timing = timed(
-        lambda: track_video(work.clip(count), masks, output, options, features=cache, overwrite=True), device=work.device
+        lambda: track_video(work.clip(count, ONE_SEQUENCE), masks, output, options, features=cache, overwrite=True),
+        device=work.device,
     )
     context = context_at_end(options.config, report.record.keyframes, report.frames_done)
     return KeyframeRun(report.frames_done, timing.wall, report.seconds["propagate"], context)
@@ -120,7 +125,7 @@ def keyframe_folder(work: Workspace, count: int) -> Path:
     folder = work.root / f"keyframes-{count}"
     if not folder.exists():
         folder.mkdir()
-        for index, ids in enumerate(looped_masks(count)):
+        for index, ids in enumerate(ONE_SEQUENCE.masks(count)):
             if index % work.args.keyframe_every == 0:
                 write_label_map(folder / f"{index:05d}.png", ids)
     return folder
@@ -130,7 +135,7 @@ def write_cache(work: Workspace, short_side: int, count: int) -> Path:
     """The feature cache of the first ``count`` frames at ``short_side``: oracle or backbone features."""
     folder = work.root / f"features-{work.args.keyframe_features}-{short_side}"
     if work.args.keyframe_features == "backbone":
-        extract_features(work.clip(count), folder, work.options(short_side), backbone=work.backbone)
+        extract_features(work.clip(count, ONE_SEQUENCE), folder, work.options(short_side), backbone=work.backbone)
     else:
         write_oracle_cache(folder, short_side, count)
     return folder
@@ -138,7 +143,7 @@ def write_cache(work: Workspace, short_side: int, count: int) -> Path:
 
 def write_oracle_cache(folder: Path, short_side: int, count: int) -> None:
     """Oracle features of the ground truth of the first ``count`` frames, in the feature-cache format."""
-    labels = [0, *sorted(set().union(*map(object_ids, looped_masks(count))))]
+    labels = [0, *sorted(set().union(*map(object_ids, ONE_SEQUENCE.masks(count))))]
     grid = patch_grid(FRAME_SIZE, short_side, PATCH_SIZE)
     meta = {
         "model": "oracle", "patch_size": PATCH_SIZE, "short_side": short_side, "grid": list(grid),
@@ -146,7 +151,7 @@ def write_oracle_cache(folder: Path, short_side: int, count: int) -> None:
     }  # fmt: skip
     writer = FeatureCacheWriter(folder, meta)
     generator = torch.Generator().manual_seed(0)
-    for index, ids in enumerate(looped_masks(count)):
+    for index, ids in enumerate(ONE_SEQUENCE.masks(count)):
         features = oracle_features(ids, labels, grid, dim=ORACLE_DIM, noise=ORACLE_NOISE, generator=generator)
         writer.write(f"{index:05d}", torch.from_numpy(features))
     writer.close(complete=True)

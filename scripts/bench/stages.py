@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bench.common import FPS, FRAME_SIZE, Row, Table, Timing, Workspace, describe, looped_frames, median_ms, ms, timed, verdict
+from bench.common import FOOTAGE, FPS, FRAME_SIZE, Row, Table, Timing, Workspace, describe, median_ms, ms, timed, verdict
 from dinotrack.render import overlay
 from dinotrack.sinks import PngMasks
 from dinotrack.sources import Frame, VideoWriter, open_source
@@ -93,7 +93,7 @@ class Clip:
 
 def extract_features(work: Workspace, short_side: int, count: int) -> Clip:
     extractor = work.extractor(short_side)
-    frames = [Frame(index, f"{index:05d}", rgb) for index, rgb in enumerate(looped_frames(count))]
+    frames = [Frame(index, f"{index:05d}", rgb) for index, rgb in enumerate(FOOTAGE.frames(count))]
     extractor.extract(frames[0].rgb)  # warm-up: first-call allocations and kernel selection
     results = [timed(extractor.extract, frame.rgb, device=work.device) for frame in frames]
     return Clip(frames, [features for features, _ in results], [timing for _, timing in results])
