@@ -121,7 +121,7 @@ class Footage:
 
     def describe(self) -> str:
         if self.sequences:
-            return f"DAVIS {', '.join(self.sequences)} looped, with their ground truth"
+            return f"DAVIS {', '.join(self.sequences)} looped, with ground truth"
         return "sample clip shapes.mp4 and its ground truth upscaled, looped"
 
     def frames(self, count: int) -> Iterator[np.ndarray]:

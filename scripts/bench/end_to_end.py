@@ -90,19 +90,19 @@ def bare_backbone(work: Workspace, extractor: FeatureExtractor, frames: list[Fra
 def table(work: Workspace, short_side: int) -> Table:
     """``dinotrack track`` on the clip at ``short_side`` against the bare backbone."""
     options = work.options(short_side, weights=work.weights)
+    title = (
+        f"End to end at S={short_side}, --preset {work.args.preset} ({describe(options.config)}): "
+        f"dinotrack track on {work.args.frames} frames vs the bare backbone ({work.args.model}, {work.device.type})"
+    )
+    result = Table(title, ("what", "speed or ratio", "CPU", "notes"))
     frames = list(open_source(work.video))
     one_at_a_time, as_run = work.extractor(short_side, workers=1), work.extractor(short_side)
     runs, bares, parallels = [], [], []
-    for _ in range(work.args.repeats):
+    for _ in range(work.args.repeats):  # alternated, so that all see the same drifts in load
         runs.append(track_process(work, work.video, work.root / f"run{short_side}", options))
         bares.append(bare_backbone(work, one_at_a_time, frames))
         if as_run.workers > 1:
             parallels.append(bare_backbone(work, as_run, frames))
-    title = (
-        f"End to end at S={short_side}, --preset {work.args.preset} ({describe(options.config)}): "
-        f"dinotrack track on {len(frames)} frames vs the bare backbone ({work.args.model}, {work.device.type})"
-    )
-    result = Table(title, ("what", "speed or ratio", "CPU", "notes"))
     result.rows += comparison_rows(short_side, runs, bares)
     result.rows += _parallel_rows(parallels, min(runs, key=lambda r: r.wall), as_run.workers)
     return result

@@ -59,21 +59,21 @@ class KeyframeRun:
 
 def table(work: Workspace, short_side: int) -> Table:
     """The short and the long video, with the preset's keyframe bound and unbounded, at ``short_side``."""
+    config = work.config(short_side)
+    title = (
+        f"Keyframes every {work.args.keyframe_every} frames at S={short_side}, --preset {work.args.preset} "
+        f"({describe(config)}): track_video on {ONE_SEQUENCE.describe()}, from {work.args.keyframe_features} features, "
+        "no overlay"
+    )
+    result = Table(title, ("keyframe bound", "frames", "wall s", "ms/frame", "Tracker.process s", "context at end", "notes"))
     counts = sorted(work.args.keyframe_frames)
     cache = write_cache(work, short_side, counts[-1])
-    config = work.config(short_side)
     bounds = (config.keyframe_bound, UNBOUNDED)
     runs: dict[tuple[int, int], list[KeyframeRun]] = {(bound, count): [] for bound in bounds for count in counts}
     run_tracking(work, short_side, cache, bounds[0], counts[0])  # warm-up: first-call costs, not timed
     for _ in range(work.args.repeats):  # alternated, so that all see the same drifts in load
         for bound, count in runs:
             runs[bound, count].append(run_tracking(work, short_side, cache, bound, count))
-    title = (
-        f"Keyframes every {work.args.keyframe_every} frames at S={short_side}, --preset {work.args.preset} "
-        f"({describe(config)}): track_video on {ONE_SEQUENCE.describe()}, from {work.args.keyframe_features} features, "
-        "no overlay"
-    )
-    result = Table(title, ("keyframe bound", "frames", "wall s", "ms/frame", "Tracker s", "context at end", "notes"))
     for bound in bounds:
         best = [min(runs[bound, count], key=lambda run: run.wall) for count in counts]
         for run in best:
