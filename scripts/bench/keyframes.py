@@ -49,10 +49,11 @@ ORACLE_NOISE = 1.0
 
 @dataclass(frozen=True)
 class KeyframeRun:
-    """One ``track_video`` from the cache: frames, wall seconds, seconds in the Tracker, context at the end."""
+    """One ``track_video`` from the cache: frames, wall and CPU seconds, seconds in the Tracker, context at the end."""
 
     frames: int
     wall: float
+    cpu: float
     tracker: float
     context: str
 
@@ -65,7 +66,7 @@ def table(work: Workspace, short_side: int) -> Table:
         f"({describe(config)}): track_video on {ONE_SEQUENCE.describe()}, from {work.args.keyframe_features} features, "
         "no overlay"
     )
-    result = Table(title, ("keyframe bound", "frames", "wall s", "ms/frame", "Tracker.process s", "context at end", "notes"))
+    result = Table(title, ("keyframe bound", "frames", "wall s", "ms/frame", "CPU s", "Tracker.process s", "context at end", "notes"))
     counts = sorted(work.args.keyframe_frames)
     cache = write_cache(work, short_side, counts[-1])
     bounds = (config.keyframe_bound, UNBOUNDED)
@@ -83,16 +84,18 @@ def table(work: Workspace, short_side: int) -> Table:
 
 
 def _run_row(bound: int, run: KeyframeRun) -> Row:
-    return (str(bound), str(run.frames), f"{run.wall:.2f}", f"{1000 * run.wall / run.frames:.1f}", f"{run.tracker:.2f}", run.context)
+    per_frame = f"{1000 * run.wall / run.frames:.1f}"
+    return (str(bound), str(run.frames), f"{run.wall:.2f}", per_frame, f"{run.cpu:.2f}", f"{run.tracker:.2f}", run.context)
 
 
 def _ratio_row(bound: int, runs: list[KeyframeRun], *, contrast: bool) -> Row:
-    """The longest run's times over the shortest's, checked against the flat-cost target."""
+    """The longest run's times over the shortest's, the wall time's checked against the flat-cost target."""
     short, long = runs[0], runs[-1]
     ratio = long.wall / short.wall
     target = FLAT_TARGET * long.frames / short.frames
     note = "for contrast" if contrast else verdict(ratio, round(target, 2), at_most=True)
-    return (str(bound), f"{long.frames} / {short.frames}", f"{ratio:.2f}", "", f"{long.tracker / short.tracker:.2f}", "", note)
+    cpu, tracker = long.cpu / short.cpu, long.tracker / short.tracker
+    return (str(bound), f"{long.frames} / {short.frames}", f"{ratio:.2f}", "", f"{cpu:.2f}", f"{tracker:.2f}", "", note)
 
 
 def run_tracking(work: Workspace, short_side: int, cache: Path, bound: int, count: int) -> KeyframeRun:
@@ -105,7 +108,7 @@ def run_tracking(work: Workspace, short_side: int, cache: Path, bound: int, coun
         device=work.device,
     )
     context = context_at_end(options.config, report.record.keyframes, report.frames_done)
-    return KeyframeRun(report.frames_done, timing.wall, report.seconds["propagate"], context)
+    return KeyframeRun(report.frames_done, timing.wall, timing.cpu, report.seconds["propagate"], context)
 
 
 def context_at_end(config: TrackConfig, keyframes: list[int], frames: int) -> str:
