@@ -33,7 +33,8 @@ from PIL import Image
 
 from dinotrack import metrics
 from dinotrack.files import atomic_write, atomic_write_text
-from dinotrack.masks import object_ids, read_label_map
+from dinotrack.inputs import image_size
+from dinotrack.masks import check_mask_pixels, object_ids, read_label_map
 from dinotrack.structs import DinotrackError, UsageError
 
 if TYPE_CHECKING:
@@ -373,12 +374,14 @@ def _read_ids(path: Path, *, ground_truth: bool) -> np.ndarray:
     ids. Other image modes are read by :func:`dinotrack.masks.read_label_map`.
     """
     try:
+        check_mask_pixels(path, image_size(path))
         with Image.open(path) as image:
+            check_mask_pixels(path, image.size)
             if image.mode not in ("P", "L"):
                 return read_label_map(path)
             ids = np.asarray(image)
             binary = image.mode == "L" and not any(image.histogram()[1:VOID_ID])
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:
         raise UsageError(f"Mask {path} is not a readable PNG ({error}). Give indexed or grayscale PNG masks.") from None
     if binary:
         return (ids > 0).view(np.uint8)

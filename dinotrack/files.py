@@ -23,10 +23,14 @@ def partial_path(path: Path) -> Path:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
     """Call ``write(temporary)`` to fill a temporary file beside ``path``, then rename it to ``path``.
 
-    The temporary file is removed when ``write`` or the rename fails.
+    The temporary file is removed when ``write`` or the rename fails. Links are
+    never followed: a stale temporary name (a file or a planted symbolic link)
+    is removed first, so ``write`` creates a new file, and the rename replaces
+    a link at ``path`` instead of writing through it.
     """
     path = Path(path)
     temporary = partial_path(path)
+    temporary.unlink(missing_ok=True)
     try:
         write(temporary)
         os.replace(temporary, path)

@@ -2,6 +2,8 @@
 
 A label map is a ``[H, W] uint8`` array of object ids: 0 is background,
 1..254 are objects (gaps allowed). 255 is never an object id.
+
+A mask file is checked by :mod:`dinotrack.inputs` before it is decoded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dinotrack.files import atomic_write
+from dinotrack.inputs import image_size, path_problem, printable, too_many_pixels
 from dinotrack.structs import UsageError
 
 MAX_ID = 254
@@ -38,20 +41,34 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     Accepted: indexed/palette PNGs (the index is the id, DAVIS-2017 style),
     grayscale 8/16-bit (only 0 and the maximum, e.g. 0/255 → binary, id 1;
     otherwise grey values are ids), 1-bit, and RGB(A) images whose colours are
-    those of the DAVIS palette (or grey). Anything else raises :class:`UsageError`.
+    those of the DAVIS palette (or grey). Anything else raises :class:`UsageError`,
+    as do paths that are not regular files and images over :data:`MAX_IMAGE_PIXELS`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"Mask {path} does not exist. Give the path of a PNG label map.")
+    problem = path_problem(path) or ("is a folder" if path.is_dir() else None)
+    if problem:
+        raise UsageError(f"Mask {printable(path)} {problem}. Give the path of a PNG label map.")
     try:
+        check_mask_pixels(path, image_size(path))
         with Image.open(path) as image:
+            check_mask_pixels(path, image.size)
             image.load()
             return _ids_from_image(image, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise UsageError(
             f"Mask {path} is not a readable image ({error}). Give a PNG label map: "
             "indexed (ids 0..254, 0 = background) or grayscale (0/255)."
         ) from None
+
+
+def check_mask_pixels(path: Path, size: tuple[int, int] | None) -> None:
+    """A :class:`UsageError` if a mask of ``size`` (``(width, height)``; ``None``: not known yet) is too large.
+
+    Call it with :func:`dinotrack.inputs.image_size` before decoding, and with the opened image's size.
+    """
+    problem = size and too_many_pixels(size)
+    if problem:
+        raise UsageError(f"Mask {path} is {problem}. Give the first frame's mask at the frames' size.")
 
 
 def _ids_from_image(image: Image.Image, path: Path) -> np.ndarray:

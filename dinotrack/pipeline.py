@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +238,7 @@ def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
             f"--mask {folder} is a folder without PNG files. Give the first frame's mask, "
             "or a folder of PNG masks named like the frames."
         )
-    stems = _source_stems(source)
+    stems = _source_stems(source, by_stem)
     unknown = sorted(set(by_stem) - set(stems))
     if unknown:
         log.warning(
@@ -248,16 +248,20 @@ def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
     files = {index: by_stem[stem] for index, stem in enumerate(stems) if stem in by_stem}
     if 0 not in files:
         raise UsageError(
-            f"--mask {folder} has no mask for the first frame ({stems[0]}.png). Tracking starts from the "
+            f"--mask {folder} has no mask for the first frame ({source.stem(0)}.png). Tracking starts from the "
             "first frame, so it needs a mask; add one named like that frame."
         )
     return files
 
 
-def _source_stems(source: FrameSource) -> list[str]:
+def _source_stems(source: FrameSource, mask_stems: Iterable[str]) -> list[str]:
+    """The frames' names; for a video whose container gives no frame count, up to the last numbered mask."""
     if source.kind == "folder":
         return [file.stem for file in source.files]
-    return [source.stem(index) for index in range(source.frame_count or 0)]
+    count = source.frame_count
+    if count is None:
+        count = 1 + max((int(stem) for stem in mask_stems if stem.isdigit()), default=0)
+    return [source.stem(index) for index in range(count)]
 
 
 def read_keyframe(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
@@ -283,6 +287,12 @@ def check_output(output: Path, *, overwrite: bool, resume: bool) -> None:
     """
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    links = [name for name in RESULT_FILES if (output / name).is_symlink()]
+    if links:
+        raise UsageError(
+            f"--output {output} holds symbolic links where dinotrack writes its results ({', '.join(links)}). "
+            "dinotrack never writes through links; remove them or choose another folder."
+        )
     previous = _previous_results(output)
     if previous and not (overwrite or resume):
         raise UsageError(
@@ -306,7 +316,7 @@ def prepare_output(output: Path, *, overwrite: bool) -> None:
 
 
 def _previous_results(output: Path) -> list[str]:
-    return [name for name in RESULT_FILES if (output / name).exists()]
+    return [name for name in RESULT_FILES if (output / name).exists() or (output / name).is_symlink()]
 
 
 def load_backbone(options: RunOptions) -> Backbone:
@@ -430,16 +440,48 @@ def track_video(
         done = _leading_masks(output / PngMasks.file, frames)
         record.resumed_at = done
     prepare_output(output, overwrite=overwrite)
-    record.write(output)
     run = _Run(output, frames, masks, Tracker(config), record, stopwatch, options.overlay)
     try:
-        run.go(stream, done, on_progress, stop)
-    finally:
-        stopwatch.add("total", time.perf_counter() - started)
-        record.finish(run.status, run.frames_done, stopwatch.rounded())
         record.write(output)
+        run.go(stream, done, on_progress, stop)
+    except OSError as error:  # the disk filled up, the folder vanished or turned read-only
+        unsaved = _finish_record(record, run, stopwatch, started)
+        raise _output_fault(output, error, run.frames_done, unsaved) from None
+    except BaseException:
+        _finish_record(record, run, stopwatch, started)
+        raise
+    unsaved = _finish_record(record, run, stopwatch, started)
+    if unsaved is not None:
+        raise _output_fault(output, unsaved, run.frames_done, unsaved)
     metrics = _evaluate_run(output, Path(gt)) if record.status == "complete" and gt is not None else None
     return RunReport(output, record, metrics)
+
+
+def _finish_record(record: RunRecord, run: _Run, stopwatch: _Stopwatch, started: float) -> OSError | None:
+    """Write how the run ended to ``run.json``; the error if that write failed (never raises it)."""
+    stopwatch.add("total", time.perf_counter() - started)
+    record.finish(run.status, run.frames_done, stopwatch.rounded())
+    try:
+        record.write(run.output)
+    except OSError as error:
+        return error
+    return None
+
+
+def _output_fault(output: Path, error: OSError, frames_done: int, unsaved: OSError | None) -> DinotrackError:
+    """One paragraph for a write that the machine refused: what happened, what was kept, how to go on."""
+    where = f" ({error.filename})" if error.filename else ""
+    record = (
+        f"{RUN_FILE} could not be updated either, so it may still say 'running'; --resume replays the run "
+        "from the masks on disk"
+        if unsaved is not None
+        else f"{RUN_FILE} says 'failed'"
+    )
+    return DinotrackError(
+        f"Writing the results to {output} failed: {error.strerror or error}{where}. The masks of the "
+        f"{frames_done} frames done before are whole and kept, and {record}. Free some space (or make the "
+        "folder writable again, or recreate it), then run the same command with --resume to continue."
+    )
 
 
 def _feature_stream(
@@ -473,9 +515,9 @@ class _Run:
         self.tracker = tracker
         self.record = record
         self.stopwatch = stopwatch
+        self.write_overlay = write_overlay
         self.masks_sink = PngMasks(output)
-        self.overlay = OverlayVideo(output, frames.fps, frames.size) if write_overlay else None
-        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], stopwatch)
+        self.overlay: OverlayVideo | None = None
         self.status = "running"
         self.frames_done = 0
 
@@ -488,6 +530,10 @@ class _Run:
     ) -> None:
         """Track from frame ``done`` on (restoring the saved state, or replaying the frames before it)."""
         self.frames_done = done
+        self.masks_sink.folder.mkdir(exist_ok=True)
+        if self.write_overlay:
+            self.overlay = OverlayVideo(self.output, self.frames.fps, self.frames.size)
+        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], self.stopwatch)
         try:
             resumed = _restore_state(self.tracker, self.output, done, stream.device)
             if resumed:

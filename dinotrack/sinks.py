@@ -41,12 +41,12 @@ class PngMasks:
 
     def __init__(self, output: Path) -> None:
         self.folder = output / self.file
-        self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, stem: str) -> Path:
         return self.folder / f"{stem}.png"
 
     def write(self, frame: Frame, ids: np.ndarray) -> None:
+        """Write the frame's PNG; the folder must exist (a vanished one is an error, not recreated)."""
         write_label_map(self.path(frame.stem), ids)
 
     def close(self) -> None:

@@ -3,6 +3,19 @@
 Reading uses OpenCV (FFmpeg backend) and always hands out RGB ``[H, W, 3] uint8``.
 Frames are decoded one at a time; nothing here holds a whole video in memory.
 
+Hostile inputs are refused before they are opened or decoded (see
+:mod:`dinotrack.inputs` for the checks): FIFOs, devices, symbolic link loops,
+names that are not UTF-8, and images or videos whose header claims more than
+:data:`~dinotrack.inputs.MAX_IMAGE_PIXELS` pixels a frame. A folder is listed
+once (``scandir``, no ``stat`` per regular file) and sorted, O(n log n); only
+its first frame is decoded on opening.
+
+A video header is trusted only within reason. A frame rate that is missing,
+0, NaN or outside :data:`MIN_FPS`..:data:`MAX_FPS` is replaced by
+:data:`FOLDER_FPS` (24) with a warning, since the overlay needs one; a frame
+count beyond :data:`MAX_FRAME_COUNT` or above the file's size in bytes is
+treated as unknown (``None``), with a warning.
+
 Writing encodes H.264 (yuv420p, playable in browsers) with PyAV when its
 wheel ships libx264, and falls back to OpenCV's MPEG-4 Part 2 ("mp4v").
 Encoding runs on a background thread so that the caller's loop is not held
@@ -12,6 +25,7 @@ up by the encoder.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import re
@@ -25,11 +39,22 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from dinotrack.inputs import image_size, is_utf8, path_problem, printable, too_many_pixels
 from dinotrack.structs import DinotrackError, UsageError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FOLDER_FPS = 24.0
-"""Frame rate given to image folders when the user names none."""
+"""Frame rate given to image folders when the user names none, and to videos whose header gives no sane one."""
+MIN_FPS = 0.1
+"""Slowest believable video frame rate: one frame every 10 s (slower "videos" are slide shows)."""
+MAX_FPS = 1000.0
+"""Fastest believable video frame rate: phones' 960 fps slow motion fits. Beyond it a header is
+taken as broken: an overlay at such a rate could not be played."""
+MAX_FRAME_COUNT = 10_000_000
+"""Most frames a video header may claim: over 46 hours at 60 fps. A claim beyond it is taken as
+broken, since the count sizes progress bars and lists of frame names."""
 
 SourceKind = Literal["video", "folder"]
 Codec = Literal["h264", "mp4v"]
@@ -54,7 +79,7 @@ class FrameSource:
 
     ``size`` is ``(H, W)`` of the first frame; every frame must have it.
     ``frame_count`` is exact for folders and OpenCV's estimate for videos
-    (``None`` when the container does not say). ``files`` lists a folder's
+    (``None`` when the container does not say, or claims more than it can hold). ``files`` lists a folder's
     images in frame order (empty for videos).
 
     A video yields the frames before the first one FFmpeg cannot decode; when
@@ -144,9 +169,10 @@ def open_source(path: str | os.PathLike, *, fps: float | None = None) -> FrameSo
     path = Path(path)
     if fps is not None and not fps > 0:
         raise UsageError(f"The frame rate must be greater than 0 (got {fps}).")
-    if not path.exists():
+    problem = path_problem(path)
+    if problem:
         raise UsageError(
-            f"{path} does not exist. Give a video file or a folder of frames "
+            f"{printable(path)} {problem}. Give a video file or a folder of frames "
             f"({', '.join(IMAGE_SUFFIXES)})."
         )
     if path.is_dir():
@@ -161,41 +187,85 @@ def _open_folder(path: Path, fps: float | None) -> FrameSource:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """The folder's image files in natural name order (``2.jpg`` before ``10.jpg``); hidden files skipped."""
-    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    """The folder's image files in natural name order (``2.jpg`` before ``10.jpg``); hidden files skipped.
+
+    Folders named like images are skipped; any other entry named like an image
+    that is not a regular file with a UTF-8 name is refused. The listing gives
+    each entry's type, so regular files are neither stat-ed nor opened; plain
+    names are sorted (O(n log n)), then made paths.
+    """
+    entries = _visible_entries(folder)
     if not entries:
         raise UsageError(f"Folder {folder} is empty. Give a folder that holds the frames as image files.")
-    files = sorted(
-        (entry for entry in entries if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file()),
-        key=lambda file: _natural_key(file.name),
-    )
-    if not files:
+    images = (entry for entry in entries if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+    names = sorted((entry.name for entry in images if _is_frame_file(folder, entry)), key=_natural_key)
+    if not names:
         raise UsageError(
             f"Folder {folder} holds no image files. Frames must be files ending in "
             f"{', '.join(IMAGE_SUFFIXES)} (any case), one per frame, named in frame order."
         )
-    _check_unique_stems(folder, files)
-    return files
+    _check_unique_stems(folder, names)
+    return [folder / name for name in names]
+
+
+def _visible_entries(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder`` whose names do not start with a dot, listed in one pass."""
+    try:
+        with os.scandir(folder) as scan:
+            return [entry for entry in scan if not entry.name.startswith(".")]
+    except OSError as error:
+        raise UsageError(f"Cannot list the folder {folder} ({error.strerror}). Give a folder you can read.") from None
+
+
+def _is_frame_file(folder: Path, entry: os.DirEntry) -> bool:
+    """Whether ``entry``, named like an image, is a frame: a regular file with a UTF-8 name.
+
+    ``False`` for a folder; a :class:`UsageError` for anything else (a FIFO, a
+    device, a broken link or link loop, a name that is not UTF-8).
+    """
+    with contextlib.suppress(OSError):  # a link loop, say: described below
+        if entry.is_file() and is_utf8(entry.name):  # the file type comes with the listing: no stat per file
+            return True
+        if entry.is_dir():
+            return False
+    raise UsageError(
+        f"Folder {folder} holds {printable(entry.name)}, which {path_problem(Path(entry.path)) or 'cannot be read'}. "
+        "Remove it or put the frame's image file in its place, then run again."
+    )
+
+
+_DIGITS = re.compile(r"(\d+)")
 
 
 def _natural_key(name: str) -> list[int | str]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(name)]
 
 
-def _check_unique_stems(folder: Path, files: list[Path]) -> None:
-    seen: dict[str, Path] = {}
-    for file in files:
-        if file.stem in seen:
+def _check_unique_stems(folder: Path, names: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for name in names:
+        stem = os.path.splitext(name)[0]
+        if stem in seen:
             raise UsageError(
-                f"Folder {folder} holds {seen[file.stem].name} and {file.name}: two frames with the "
+                f"Folder {folder} holds {seen[stem]} and {name}: two frames with the "
                 "same name would write to the same output files. Keep one of them."
             )
-        seen[file.stem] = file
+        seen[stem] = name
 
 
 def _read_image(file: Path, *, error: type[DinotrackError] = DinotrackError) -> np.ndarray:
-    """``[H, W, 3] uint8`` RGB pixels of an image file (grey and RGBA become 3-channel RGB)."""
-    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    """``[H, W, 3] uint8`` RGB pixels of a PNG or JPEG file (grey and RGBA become 3-channel RGB).
+
+    The size in the file's header is checked against ``MAX_IMAGE_PIXELS`` before decoding.
+    """
+    try:
+        size = image_size(file)
+    except OSError as failure:
+        raise error(f"Cannot read the image {file} ({failure.strerror}). Check that it exists and is readable.") from None
+    problem = size and too_many_pixels(size)
+    if problem:
+        raise error(f"The image {file} is {problem}. Downscale the frames (to 8K or less), then run again.")
+    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR) if size else None
     if bgr is None:
         raise error(
             f"Cannot read the image {file}: it is damaged or not a .jpg/.png image. "
@@ -211,16 +281,53 @@ def _open_video(path: Path, fps: float | None) -> FrameSource:
         )
     capture = _open_capture(path)
     try:
+        _check_video_size(path, capture)
         rgb = _read_capture(capture)
         if rgb is None:
             raise _not_a_video(path)
-        video_fps = capture.get(cv2.CAP_PROP_FPS)
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        claimed_fps = capture.get(cv2.CAP_PROP_FPS)
+        claimed_count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
     finally:
         capture.release()
-    if not video_fps > 0:
-        video_fps = FOLDER_FPS
-    return FrameSource(path, "video", fps or video_fps, count if count > 0 else None, rgb.shape[:2])
+    fps = fps or _believable_fps(path, claimed_fps)
+    return FrameSource(path, "video", fps, _believable_count(path, claimed_count), rgb.shape[:2])
+
+
+def _check_video_size(path: Path, capture: cv2.VideoCapture) -> None:
+    """A :class:`UsageError` if the frame size the video's header announces exceeds ``MAX_IMAGE_PIXELS``."""
+    width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    problem = width > 0 and height > 0 and too_many_pixels((int(width), int(height)))
+    if problem:
+        raise UsageError(
+            f"{path} claims frames of {problem}. Downscale the video (to 8K or less, e.g. with ffmpeg "
+            "-vf scale=1920:-2), then run again."
+        )
+
+
+def _believable_fps(path: Path, claimed: float) -> float:
+    """``claimed``, the header's frame rate, if within MIN_FPS..MAX_FPS; else FOLDER_FPS, with a warning."""
+    if MIN_FPS <= claimed <= MAX_FPS:
+        return claimed
+    log.warning(
+        "%s claims %g frames per second, outside %g..%g: its header is broken, so the overlay uses %g. "
+        "Re-encode the video with a real frame rate to keep its timing.",
+        path, claimed, MIN_FPS, MAX_FPS, FOLDER_FPS,
+    )
+    return FOLDER_FPS
+
+
+def _believable_count(path: Path, claimed: float) -> int | None:
+    """``claimed``, the header's frame count, as an int; ``None`` (unknown) if missing or beyond belief.
+
+    Beyond belief: more than MAX_FRAME_COUNT, or more frames than the file has
+    bytes (every frame takes at least one). The frames decoded are the truth.
+    """
+    if not claimed > 0:  # 0, negative or NaN: the container does not say
+        return None
+    if claimed <= min(MAX_FRAME_COUNT, path.stat().st_size):
+        return int(claimed)
+    log.warning("%s claims %g frames, more than it can hold: its header is broken, so the count is unknown.", path, claimed)
+    return None
 
 
 def _open_capture(path: Path) -> cv2.VideoCapture:
@@ -404,19 +511,25 @@ class VideoWriter:
         self.close()
 
     def _encode_all(self) -> None:
+        drained = False
         try:
             while (rgb := self._frames.get()) is not _DONE:
                 self._encoder.encode(rgb)
                 self.frames_written += 1
+            drained = True
             self._encoder.close()
         except BaseException as error:  # reported to the caller by write() or close()
             self._error = error
             with contextlib.suppress(Exception):
                 self._encoder.close()
-            while self._frames.get() is not _DONE:
+            while not drained and self._frames.get() is not _DONE:
                 pass
 
     def _raise_failure(self) -> None:
+        """Raise the encoder's failure: an ``OSError`` (full disk, vanished folder) as it is, for the caller to
+        word with what it knows; anything else as a :class:`DinotrackError`."""
+        if isinstance(self._error, OSError):
+            raise self._error
         if self._error is not None:
             raise DinotrackError(
                 f"Writing the video {self.path} failed: {self._error}. Check the free disk space "
@@ -466,6 +579,8 @@ class _OpenCVEncoder:
     """MPEG-4 Part 2 ("mp4v") through OpenCV, for installs without libx264."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        if not is_utf8(str(path)):  # OpenCV crashes the process on such a name
+            raise OSError("its name is not valid UTF-8, which OpenCV's mp4v encoder cannot open")
         height, width = size
         self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         if not self._writer.isOpened():
