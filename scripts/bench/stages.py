@@ -190,6 +190,7 @@ def output_rows(
     config = tracker.config
     pairs = list(zip(clip.frames[1:], result.fast_probs))
     sink = PngMasks(work.root / f"stages{short_side}")
+    sink.folder.mkdir(parents=True, exist_ok=True)  # as a run makes it, before its sinks write
     decode, write, labelled = [], [], []
     for index in range(OUTPUT_FRAMES):
         frame, probs = pairs[index % len(pairs)]
