@@ -43,6 +43,7 @@ UNBOUNDED = 1000
 FLAT_TARGET = 1.15
 """The long video's time per frame within this factor of the short one's."""
 ORACLE_DIM = 32
+"""Dimensions of the oracle features (oracle_eval.py's default)."""
 ORACLE_NOISE = 1.0
 """RMS norm of the noise added to the oracle features (as in the README's oracle table)."""
 
@@ -117,7 +118,10 @@ def context_at_end(config: TrackConfig, keyframes: list[int], frames: int) -> st
     tracker = Tracker(config)
     features, ids = torch.ones(1, 1, 1), np.ones((1, 1), dtype=np.uint8)
     for index in range(frames):
-        tracker.add_mask(ids, features) if index in keyframes else tracker.propagate(features)
+        if index in keyframes:
+            tracker.add_mask(ids, features)
+        else:
+            tracker.propagate(features)
     state = tracker.state_dict()
     kept, queued = len(state["keyframes"]), len(state["queue"])
     return f"{kept + queued} ({kept} keyframes + {queued} queued)"
