@@ -16,6 +16,9 @@ per short side ``S`` of ``--short-sides``, each with the preset it ran
 - ``keyframes``: ``track_video`` from a feature cache with a keyframe every
   few frames, on a short and a long video, with the keyframe bound and
   without (``scripts/bench/keyframes.py``).
+- ``batch``: the shared DAVIS sequences as one batch on a local Ray
+  instance against one after another in this process
+  (``scripts/bench/batch.py``).
 
 Every part times the library's own functions. Frames are the DAVIS
 sequences of ``../shared/data`` (854x480) played one after another and
@@ -31,6 +34,7 @@ keep the best of several runs.
     python scripts/benchmark.py --only end-to-end --short-sides 480 --frames 100 --repeats 3
     python scripts/benchmark.py --only memory --short-sides 480 --memory-frames 150,1500
     python scripts/benchmark.py --only keyframes --short-sides 480 --keyframe-frames 150,300
+    python scripts/benchmark.py --only batch --short-sides 240
     python scripts/benchmark.py --device cuda --model vitl16 --short-sides 960
 """
 
@@ -48,7 +52,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it,
 
 import torch  # noqa: E402
 
-from bench import end_to_end, keyframes, memory, stages  # noqa: E402
+from bench import batch, end_to_end, keyframes, memory, stages  # noqa: E402
 from bench.common import FOOTAGE, FRAME_SIZE, Table, Workspace, machine_table  # noqa: E402
 from dinotrack.backbones import resolve_device  # noqa: E402
 from dinotrack.structs import PRESETS  # noqa: E402
@@ -58,6 +62,7 @@ PARTS: dict[str, Callable[[Workspace, int], Table]] = {
     "end-to-end": end_to_end.table,
     "memory": memory.table,
     "keyframes": keyframes.table,
+    "batch": batch.table,
 }
 """Each part makes one table per short side."""
 
