@@ -368,6 +368,7 @@ def _batch_progress() -> Iterator[Callable[[str, dict], None]]:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.2f} frames/s"),
         TextColumn("{task.fields[videos]}"),
         TextColumn("elapsed"),
         TimeElapsedColumn(),
@@ -375,7 +376,8 @@ def _batch_progress() -> Iterator[Callable[[str, dict], None]]:
         TimeRemainingColumn(),
     ]
     progress = Progress(*columns, console=console, transient=False)
-    task = progress.add_task("Batch", total=None, videos="", start=False)
+    task = progress.add_task("Batch", total=None, videos="", fps=0.0, start=False)
+    first: dict[str, int] = {}
 
     def on_event(kind: str, payload: dict) -> None:
         if kind == "started":
@@ -383,8 +385,11 @@ def _batch_progress() -> Iterator[Callable[[str, dict], None]]:
             progress.start_task(task)
             progress.update(task, description=f"Batch ({payload['engine']}, {payload['workers']} workers)")
         if kind in ("started", "progress"):
+            first.setdefault("frames", payload["frames_done"])  # frames done before this run do not count for speed
+            elapsed = progress.tasks[task].elapsed or 0.0
+            fps = (payload["frames_done"] - first["frames"]) / elapsed if elapsed else 0.0
             videos = f"{payload.get('videos_done', 0)} done, {len(payload.get('running', {}))} running, {payload.get('videos_failed', 0)} failed"
-            progress.update(task, completed=payload["frames_done"], total=payload["frames_total"] or None, videos=videos)
+            progress.update(task, completed=payload["frames_done"], total=payload["frames_total"] or None, videos=videos, fps=fps)
         if kind == "video_finished" and payload.get("status") == "failed":
             progress.console.print(f"[red]{payload['name']} failed:[/] {payload.get('error', '')}", highlight=False)
 

@@ -38,4 +38,4 @@ def test_only_takes_parts_or_single_stages():
     assert args.parts == ["stages", "memory"]
     assert args.stages == {"propagation"}
     with pytest.raises(SystemExit):
-        benchmark.parse_args(["--only", "batch"])
+        benchmark.parse_args(["--only", "highres"])
