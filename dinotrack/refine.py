@@ -2,9 +2,15 @@
 
 ``refine="none"`` is the reference: upsample each label's probabilities to
 the frame size, normalise each by its own min and max over the frame, take
-the argmax, and map channels back to object ids. Channels are handled one at
-a time, so a 4K frame costs a few full-resolution float planes, whatever the
-number of objects.
+the argmax, and map channels back to object ids. On the CPU the result is
+computed without full-resolution planes, bit for bit: a pixel's winner can
+only be open near where the upsampled probabilities change winner, so
+labels are decided on the coarse grid wherever the bilinear values cannot
+change it, and values are computed at full resolution only in that band,
+with the kernel's own arithmetic (see :class:`Arithmetic`). The min and max
+come from the few places that can reach them. So a 4K frame costs about
+what an 854x480 one does, plus its uint8 label map. Elsewhere (another
+device, tiny frames) the planes are computed in full, one channel at a time.
 
 ``refine="colour"`` lets the frame itself place the boundaries inside the
 band where the upsampled probabilities hesitate. Each label's probabilities
@@ -53,8 +59,8 @@ POOL_PIXELS = 1 << 20
 """Frame pixels per integral image in :func:`cell_colours` (12 MB of int32 sums)."""
 BAND_BUDGET = 1 << 16
 """Pixels times labels computed at once in the band of the bilinear path (about 80 bytes of work space each)."""
-SLACK = 2.0**-21
-"""Relative bound on how far the kernel's second pass rounds from its inputs' range (3 roundings of 2**-24, with margin)."""
+SLACK = 2.0**-20
+"""Bound, relative to its inputs, on the rounding of the kernel's second pass and of :func:`_upper_bound` (8 times 2**-24)."""
 TINY = 2.0**-140
 """Absolute bound on the same for subnormal values."""
 SMALL_OUTPUT = 128
@@ -206,7 +212,8 @@ class _Rows:
     ``top``, ``bottom``: ``[K] int64`` grid rows of each cell; ``start``,
     ``count``: ``[K] int64`` its first row and number of rows; ``cell``:
     ``[H] int64`` each row's cell; ``w_top``, ``w_bottom``: ``[H] float32``
-    each row's weights.
+    each row's weights (``w_top`` is ``1 - w_bottom``, rounded); ``w_range``:
+    ``[2, K] float32``, the least and the largest ``w_bottom`` of each cell.
     """
 
     top: torch.Tensor
@@ -216,6 +223,7 @@ class _Rows:
     cell: torch.Tensor
     w_top: torch.Tensor
     w_bottom: torch.Tensor
+    w_range: torch.Tensor
 
 
 def _banded_applies(probs: torch.Tensor, size: tuple[int, int]) -> bool:
@@ -246,17 +254,17 @@ def _banded_ids(
     across = F.interpolate(probs.float()[:, None], size=(probs.shape[1], size[1]), mode="bilinear", align_corners=False)
     top, bottom = across[:, 0].index_select(1, rows.top), across[:, 0].index_select(1, rows.bottom)  # [M, K, W]
     low, scale = _normaliser(top, bottom, rows, arithmetic) if minmax else (None, None)
-    winner, open_units = _unit_winners(top, bottom, low, scale)
+    winner, open_units = _unit_winners(top, bottom, rows, low, scale)
     ids = lookup[winner.long()].index_select(0, rows.cell)
     cells, columns = open_units.nonzero(as_tuple=True)
-    for part in _chunks(rows.count[cells], BAND_BUDGET // probs.shape[0]):
+    for part in _chunks(_take(rows.count, cells), BAND_BUDGET // probs.shape[0]):
         unit, y = _unit_pixels(cells[part], rows)
-        x = columns[part][unit]
-        values = _pixel_values(top[:, cells[part], columns[part]][:, unit], bottom[:, cells[part], columns[part]][:, unit],
-                               rows, y, arithmetic)
+        x = _take(columns[part], unit)
+        units = _take(cells[part], unit) * size[1] + x
+        values = _pixel_values(top.flatten(1).index_select(1, units), bottom.flatten(1).index_select(1, units), rows, y, arithmetic)
         if minmax:
             values = (values - low[:, :, 0]) / scale[:, :, 0]
-        ids.view(-1)[y * size[1] + x] = lookup[_first_argmax(values).long()]
+        ids.view(-1).index_copy_(0, y * size[1] + x, lookup.index_select(0, _first_argmax(values).long()))
     return ids
 
 
@@ -278,7 +286,8 @@ def _row_cells(source: int, target: int, arithmetic: Arithmetic) -> _Rows:
         bottom = top + (top < source - 1).long()
     _, cell, count = torch.unique_consecutive(top, return_inverse=True, return_counts=True)
     start = torch.cumsum(count, 0) - count
-    return _Rows(top[start], bottom[start], start, count, cell, 1 - w_bottom, w_bottom)
+    ranges = [torch.zeros(len(count)).scatter_reduce(0, cell, w_bottom, reduce, include_self=False) for reduce in ("amin", "amax")]
+    return _Rows(top[start], bottom[start], start, count, cell, 1 - w_bottom, w_bottom, torch.stack(ranges))
 
 
 def _pixel_values(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, y: torch.Tensor, arithmetic: Arithmetic) -> torch.Tensor:
@@ -287,7 +296,7 @@ def _pixel_values(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, y: torch
     ``top``, ``bottom``: ``[M, N] float32`` first-pass values of each pixel's
     two grid rows.
     """
-    w_top, w_bottom = rows.w_top[y], rows.w_bottom[y]
+    w_top, w_bottom = _take(rows.w_top, y), _take(rows.w_bottom, y)
     if arithmetic.fused is None:
         return top * w_top + bottom * w_bottom
     if arithmetic.fused == 1:
@@ -314,10 +323,8 @@ def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def _unit_pixels(cells: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
     """The pixels of units in row cells ``cells`` ``[U] int64``: each pixel's unit and row, ``[N] int64`` each."""
-    count = rows.count[cells]
-    unit = torch.repeat_interleave(torch.arange(len(cells)), count)
-    first = torch.cumsum(count, 0) - count
-    return unit, (rows.start[cells] - first)[unit] + torch.arange(len(unit))
+    unit, row = _expand(_take(rows.count, cells))
+    return unit, _take(_take(rows.start, cells), unit) + row
 
 
 def _chunks(sizes: torch.Tensor, budget: int) -> list[slice]:
@@ -328,50 +335,67 @@ def _chunks(sizes: torch.Tensor, budget: int) -> list[slice]:
     return [slice(begin, end) for begin, end in zip([0, *bounds[:-1]], bounds)]
 
 
-def _raised(values: torch.Tensor) -> torch.Tensor:
-    """An upper bound of anything the kernel's second pass makes from values up to ``values``: same shape, float32."""
-    return values + (values.abs() * SLACK + TINY)
+def _upper_bound(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    """An upper bound of the kernel's values in each unit: ``[..., K, W] float32`` like ``top`` and ``bottom``.
+
+    A value is ``top + (bottom - top) * w`` with ``w`` the row's
+    ``w_bottom``, up to rounding: its largest over the cell's range of
+    ``w``, plus what the kernel's roundings and this bound's own can add
+    (:data:`SLACK` of the magnitudes, :data:`TINY` below the normal range).
+    Rounding is monotonic and symmetric: ``-_upper_bound(-top, -bottom)``
+    is a lower bound.
+    """
+    low, high = rows.w_range[:, :, None]
+    rise = bottom - top
+    return top + torch.where(rise >= 0, rise * high, rise * low) + ((top.abs() + bottom.abs()) * SLACK + TINY)
 
 
 def _normaliser(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Arithmetic) -> tuple[torch.Tensor, torch.Tensor]:
     """Each channel's min over the full-resolution plane and ``(max - min).clamp_min(1e-12)``: ``[M, 1, 1] float32`` each.
 
-    Exact, from the units whose values could reach the extreme (see :func:`_maximum`).
+    Exact, from the units whose values could reach the extremes (see :func:`_maxima`).
     """
-    high = torch.stack([_maximum(t, b, rows, arithmetic) for t, b in zip(top, bottom)])
-    low = -torch.stack([_maximum(-t, -b, rows, arithmetic) for t, b in zip(top, bottom)])
+    largest = _maxima(torch.cat([top, -top]), torch.cat([bottom, -bottom]), rows, arithmetic)
+    high, low = largest.chunk(2)
+    low = -low
     return low[:, None, None], (high - low).clamp_min(1e-12)[:, None, None]
 
 
-def _maximum(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Arithmetic) -> torch.Tensor:
-    """The largest value of one channel's full-resolution plane, exactly: 0-dim float32.
+def _maxima(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Arithmetic) -> torch.Tensor:
+    """The largest value of each plane at full resolution, exactly: ``[P] float32``.
 
-    ``top``, ``bottom``: ``[K, W]`` first-pass values of each unit's grid
+    ``top``, ``bottom``: ``[P, K, W]`` first-pass values of each unit's grid
     rows. A unit whose every value is at least ``t`` guarantees a maximum of
     at least ``t``; units whose values cannot reach that are skipped. The
     values of the others depend only on their cell and their two first-pass
     values, and grow with them: of the flat units (both equal) only the
     largest of each cell is computed, of the rest each distinct triple once,
-    on every row of its cell. Rounding is symmetric, so
-    ``-_maximum(-top, -bottom)`` is the minimum.
+    on every row of its cell. Rounding is symmetric, so the maxima of
+    ``-top``, ``-bottom`` are the minima, negated.
     """
-    threshold = (-_raised(-torch.minimum(top, bottom))).max()
-    candidate = _raised(torch.maximum(top, bottom)) >= threshold
+    planes, cells = top.shape[:2]
+    threshold = (-_upper_bound(-top, -bottom, rows)).amax((1, 2), keepdim=True)
+    candidate = _upper_bound(top, bottom, rows) >= threshold
     flat = candidate & (top == bottom)
-    flat_top = torch.where(flat, top, -torch.inf).amax(1)
-    flat_cells = (flat_top > -torch.inf).nonzero()[:, 0]
-    cells, columns = (candidate & ~flat).nonzero(as_tuple=True)
-    cells, first, second = _distinct(cells, top[cells, columns], bottom[cells, columns], top.shape[0])
-    cells = torch.cat([flat_cells, cells])
-    first, second = torch.cat([flat_top[flat_cells], first]), torch.cat([flat_top[flat_cells], second])
-    unit, y = _unit_pixels(cells, rows)
-    return _pixel_values(first[unit][None], second[unit][None], rows, y, arithmetic).max()
+    flat_top = torch.where(flat, top, -torch.inf).amax(2)  # [P, K]
+    flat_keys = (flat_top > -torch.inf).flatten().nonzero()[:, 0]  # plane * K + cell
+    plane, cell, column = (candidate & ~flat).nonzero(as_tuple=True)
+    keys, first, second = _distinct(plane * cells + cell, top[plane, cell, column], bottom[plane, cell, column], planes * cells)
+    keys = torch.cat([flat_keys, keys])
+    first = torch.cat([_take(flat_top.flatten(), flat_keys), first])
+    second = torch.cat([_take(flat_top.flatten(), flat_keys), second])
+    largest = torch.full((planes,), -torch.inf)
+    for part in _chunks(_take(rows.count, keys % cells), BAND_BUDGET):
+        unit, y = _unit_pixels(keys[part] % cells, rows)
+        values = _pixel_values(_take(first[part], unit)[None], _take(second[part], unit)[None], rows, y, arithmetic)[0]
+        largest.scatter_reduce_(0, _take(keys[part] // cells, unit), values, "amax")
+    return largest
 
 
 def _distinct(
     cells: torch.Tensor, first: torch.Tensor, second: torch.Tensor, num_cells: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The distinct triples among ``[N]`` cells (int64) and value pairs (float32, compared bit for bit)."""
+    """The distinct triples among ``[N]`` keys (int64, below ``num_cells``) and value pairs (float32, bit for bit)."""
     pairs = (first.view(torch.int32).long() << 32) | (second.view(torch.int32).long() & 0xFFFFFFFF)
     _, pair = torch.unique(pairs, return_inverse=True)
     distinct = torch.unique(pair * num_cells + cells)
@@ -381,15 +405,15 @@ def _distinct(
 
 
 def _unit_winners(
-    top: torch.Tensor, bottom: torch.Tensor, low: torch.Tensor | None, scale: torch.Tensor | None
+    top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, low: torch.Tensor | None, scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each unit's winning channel where it is decided, and which units are open: ``[K, W] uint8``, ``[K, W] bool``.
 
     ``top``, ``bottom``: ``[M, K, W]`` first-pass values; ``low``, ``scale``:
-    the normalisation (``None``: none).
+    the normalisation (``None``: none). A unit is decided when one
+    channel's lowest possible value beats every other's highest.
     """
-    upper = _raised(torch.maximum(top, bottom))
-    lower = -_raised(-torch.minimum(top, bottom))
+    upper, lower = _upper_bound(top, bottom, rows), -_upper_bound(-top, -bottom, rows)
     if low is not None:
         upper, lower = (upper - low) / scale, (lower - low) / scale
     best, winner = lower.max(0)
@@ -455,7 +479,7 @@ def colour_refined_ids(probs: torch.Tensor, guide: torch.Tensor, lookup: torch.T
         column, offset = _expand(_take(column_count, cell_column))
         y, x = runs.pixels(_take(run, column)), _take(column_start, _take(cell_column, column)) + offset
         pixels = (y * size[1] + x).flatten()
-        ids.view(-1).index_copy_(0, pixels, lookup.index_select(0, _block_channels(*grids, guide.view(-1, 3), y, x, pixels).flatten()))
+        ids.view(-1).index_copy_(0, pixels, lookup.index_select(0, _block_channels(*grids, guide.reshape(-1, 3), y, x, pixels).flatten()))
     return ids
 
 
@@ -603,7 +627,7 @@ def cell_colours(guide: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:
     """
     import cv2  # deferred: the paper path does not need it
 
-    frame = guide.cpu().numpy()
+    frame = guide.cpu().contiguous().numpy()
     (row_start, row_end), (column_start, column_end) = (_pool_windows(n, c) for n, c in zip(frame.shape[:2], cells))
     band = max(1, POOL_PIXELS // (frame.shape[1] * max(1, int((row_end - row_start).max()))))
     sums = []
@@ -658,15 +682,31 @@ def _box_mean(planes: torch.Tensor, radius: int) -> torch.Tensor:
     """
     for dim in (1, 2):
         length = planes.shape[dim]
-        sums = planes.cumsum(dim)
-        before = torch.zeros_like(sums.narrow(dim, 0, 1)).expand(*_along(dim, radius + 1, sums.shape))
-        after = sums.narrow(dim, length - 1, 1).expand(*_along(dim, radius, sums.shape))
-        padded = torch.cat([before, sums, after], dim)
         index = torch.arange(length, device=planes.device)
         count = (index + radius).clamp_max(length - 1) - (index - radius).clamp_min(0) + 1
-        window = padded.narrow(dim, 2 * radius + 1, length) - padded.narrow(dim, 0, length)
-        planes = window / count.view(_along(dim, length, (1, 1, 1)))
+        planes = _window_sums(planes.cumsum(dim), dim, radius) / count.to(planes.dtype).view(_along(dim, length, (1, 1, 1)))
     return planes
+
+
+def _window_sums(sums: torch.Tensor, dim: int, radius: int) -> torch.Tensor:
+    """``sums[min(i + radius, n - 1)] - sums[i - radius - 1]`` (nothing subtracted when ``i <= radius``) along ``dim``.
+
+    Slice by slice: the running sums are neither padded nor copied.
+    """
+    length = sums.shape[dim]
+    window = torch.empty_like(sums)
+    cuts = sorted({0, length, *(min(max(cut, 0), length) for cut in (radius + 1, length - radius))})
+    for begin, end in zip(cuts, cuts[1:]):
+        part = window.narrow(dim, begin, end - begin)
+        if end + radius <= length:
+            upper = sums.narrow(dim, begin + radius, end - begin)
+        else:
+            upper = sums.narrow(dim, length - 1, 1).expand_as(part)
+        if begin > radius:
+            torch.sub(upper, sums.narrow(dim, begin - radius - 1, end - begin), out=part)
+        else:
+            part.copy_(upper)
+    return window
 
 
 def _along(dim: int, length: int, shape: tuple[int, ...]) -> tuple[int, ...]:
