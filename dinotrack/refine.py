@@ -158,6 +158,7 @@ def _nearest_ids(probs: torch.Tensor, size: tuple[int, int], lookup: torch.Tenso
     return grid_ids.index_select(0, rows).index_select(1, columns)
 
 
+@functools.lru_cache(maxsize=16)
 def _nearest_sources(source: int, target: int) -> torch.Tensor:
     """The grid index each of ``target`` pixels copies in nearest upsampling, from the kernel itself: ``[target] int64``."""
     index = torch.arange(source, dtype=torch.float32)[None, None, :, None]
@@ -268,6 +269,7 @@ def _banded_ids(
     return ids
 
 
+@functools.lru_cache(maxsize=16)
 def _row_cells(source: int, target: int, arithmetic: Arithmetic) -> _Rows:
     """The grid rows, weights and row cells of ``target`` output rows from ``source`` grid rows, as the kernel computes them."""
     if source == target:
@@ -460,27 +462,66 @@ def colour_refined_ids(probs: torch.Tensor, guide: torch.Tensor, lookup: torch.T
     upsampling of the cell grid); then the pixels of contested cells (see
     :func:`contested_cells`) are scored, a run of rows at a time (see :class:`_Runs`).
     """
-    size = guide.shape[:2]
+    size = tuple(guide.shape[:2])
     probs = log_minmax(probs) if minmax else probs.float()
-    cells = (min(size[0], CELLS_PER_PATCH * probs.shape[1]), min(size[1], CELLS_PER_PATCH * probs.shape[2]))
-    cell_probs = F.interpolate(probs[None], size=cells, mode="bilinear", align_corners=False)[0]
-    models = colour_models(cell_probs, cell_colours(guide, cells)).flatten(0, 1)
-    rows, columns = (_nearest_sources(n, target).to(probs.device) for n, target in zip(cells, size))
-    ids = lookup[cell_probs.max(0).indices].index_select(1, columns).index_select(0, rows)
-    grids = (_Grid.of(models, size), _Grid.of(probs, size))
-    runs = _Runs.of(rows, cells[0], tuple(grid.rows[0] for grid in grids))
-    column_count = torch.bincount(columns, minlength=cells[1])
-    column_start = torch.cumsum(column_count, 0) - column_count
-    per_cell = int(torch.diff(runs.first).max() * column_count.max()) * runs.size
+    layout = _colour_layout(tuple(probs.shape[1:]), size, probs.device)
+    cell_probs = F.interpolate(probs[None], size=layout.cells, mode="bilinear", align_corners=False)[0]
+    models = _Grid(colour_models(cell_probs, cell_colours(guide, layout.cells)).flatten(0, 1), *layout.cell_grid)
+    priors = _Grid(probs, *layout.patch_grid)
+    ids = lookup[cell_probs.max(0).indices].index_select(1, layout.columns).index_select(0, layout.rows)
     contested = contested_cells(cell_probs).nonzero()
-    for part in contested.split(max(1, POINT_BUDGET // (probs.shape[0] * per_cell))):
-        entry, run = runs.of_cells(part[:, 0])
-        cell_column = _take(part[:, 1], entry)
-        column, offset = _expand(_take(column_count, cell_column))
-        y, x = runs.pixels(_take(run, column)), _take(column_start, _take(cell_column, column)) + offset
+    for part in contested.split(max(1, POINT_BUDGET // (probs.shape[0] * layout.pixels_per_cell))):
+        y, x = layout.pixels(part)
         pixels = (y * size[1] + x).flatten()
-        ids.view(-1).index_copy_(0, pixels, lookup.index_select(0, _block_channels(*grids, guide.reshape(-1, 3), y, x, pixels).flatten()))
+        channel = _block_channels(models, priors, guide.reshape(-1, 3), y, x, pixels)
+        ids.view(-1).index_copy_(0, pixels, lookup.index_select(0, channel.flatten()))
     return ids
+
+
+@dataclass(frozen=True)
+class _ColourLayout:
+    """What colour refinement needs that depends only on the grid and frame sizes (cached per size).
+
+    ``cells``: the cell grid ``(ch, cw)``; ``rows``, ``columns``: ``[H]``,
+    ``[W] int64`` the cell of each pixel row and column under nearest
+    upsampling; ``cell_grid``, ``patch_grid``: where each pixel row and
+    column reads the cell grid and the patch grid (:func:`_axis_neighbours`);
+    ``runs``: the cells' pixel rows in runs (:class:`_Runs`);
+    ``column_start``, ``column_count``: ``[cw] int64`` each cell column's
+    pixel columns.
+    """
+
+    cells: tuple[int, int]
+    rows: torch.Tensor
+    columns: torch.Tensor
+    cell_grid: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+    patch_grid: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+    runs: _Runs
+    column_start: torch.Tensor
+    column_count: torch.Tensor
+
+    @property
+    def pixels_per_cell(self) -> int:
+        """Pixels computed for one cell, padding included (at most)."""
+        return int(torch.diff(self.runs.first).max() * self.column_count.max()) * self.runs.size
+
+    def pixels(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pixels of ``cells`` ``[C, 2] int64``: rows ``[R, X]`` (one run per column) and columns ``[X]``, int64."""
+        entry, run = self.runs.of_cells(cells[:, 0])
+        cell_column = _take(cells[:, 1], entry)
+        column, offset = _expand(_take(self.column_count, cell_column))
+        return self.runs.pixels(_take(run, column)), _take(self.column_start, _take(cell_column, column)) + offset
+
+
+@functools.lru_cache(maxsize=8)
+def _colour_layout(grid: tuple[int, int], size: tuple[int, int], device: torch.device) -> _ColourLayout:
+    cells = (min(size[0], CELLS_PER_PATCH * grid[0]), min(size[1], CELLS_PER_PATCH * grid[1]))
+    rows, columns = (_nearest_sources(n, target).to(device) for n, target in zip(cells, size))
+    cell_grid, patch_grid = (tuple(_axis_neighbours(n, target, device) for n, target in zip(shape, size)) for shape in (cells, grid))
+    runs = _Runs.of(rows, cells[0], (cell_grid[0][0], patch_grid[0][0]))
+    column_count = torch.bincount(columns, minlength=cells[1])
+    return _ColourLayout(cells, rows, columns, cell_grid, patch_grid, runs, torch.cumsum(column_count, 0) - column_count,
+                         column_count)
 
 
 @dataclass(frozen=True)
@@ -535,21 +576,16 @@ def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class _Grid:
-    """Planes on a grid ``[P, gh, gw]`` float32, with where each output row and column reads them (:func:`_neighbours`).
+    """Planes on a grid ``[P, gh, gw]`` float32, with where each output row and column reads them.
 
     ``rows``: grid rows before and after each pixel row and the weight of
-    the one after, ``[H]`` each; ``columns`` likewise, ``[W]``.
+    the one after, ``[H]`` each (:func:`_axis_neighbours`); ``columns``
+    likewise, ``[W]``.
     """
 
     planes: torch.Tensor
-    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    columns: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-    @classmethod
-    def of(cls, planes: torch.Tensor, size: tuple[int, int]) -> _Grid:
-        pixel_rows, pixel_columns = (torch.arange(n, device=planes.device) for n in size)
-        return cls(planes, _neighbours(pixel_rows, planes.shape[1], size[0]),
-                   _neighbours(pixel_columns, planes.shape[2], size[1]))
+    rows: tuple[torch.Tensor, ...]
+    columns: tuple[torch.Tensor, ...]
 
     def at(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The planes upsampled bilinearly (half-pixel centres) at pixels ``(y, x)``: ``[P, R, X]``.
@@ -557,7 +593,7 @@ class _Grid:
         ``y``: ``[R, X]`` rows of one :class:`_Runs` run per column, ``x``:
         ``[X]`` int64 columns. Computed as ``lerp(lerp(ul, ur, across),
         lerp(ll, lr, across), down)`` from each pixel's four grid neighbours,
-        as :func:`_neighbours` places them; a run's rows share the inner lerps.
+        as :func:`_axis_neighbours` places them; a run's rows share the inner lerps.
         """
         top, bottom, down = _take(self.rows[0], y[0]), _take(self.rows[1], y[0]), _take(self.rows[2], y)
         left, right, across = (_take(t, x) for t in self.columns)
@@ -667,9 +703,11 @@ def colour_models(cell_probs: torch.Tensor, colours: torch.Tensor) -> torch.Tens
     return torch.cat([mean, (0.5 / variance)[None], (-1.5 * variance.log())[None]]).transpose(0, 1)
 
 
-def _neighbours(pixels: torch.Tensor, source: int, target: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Grid indices before and after each pixel's centre along one axis, and the weight of the one after."""
-    position = ((pixels + 0.5) * (source / target) - 0.5).clamp_min(0)
+@functools.lru_cache(maxsize=16)
+def _axis_neighbours(source: int, target: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of ``target`` pixels along an axis of ``source`` grid points: the grid indices before and after its
+    centre (``[target] int64``) and the weight of the one after (``[target] float32``), for bilinear upsampling."""
+    position = ((torch.arange(target, device=device) + 0.5) * (source / target) - 0.5).clamp_min(0)
     before = position.floor().long().clamp_max(source - 1)
     return before, (before + 1).clamp_max(source - 1), position - before
 
