@@ -13,11 +13,14 @@ fractions of the ground truth plus noise, S=480: a 30x54 grid), after
 ``--warmup`` frames of tracking, with each frame's RGB image, resized
 bilinearly for the larger sizes (the grid stays 30x54, as at S=480).
 
-Times are per call with ``torch.set_num_threads(1)``: the minimum and the
-median over ``--repeats`` passes over all samples, since the build machine is
-shared and noisy. Peak memory: a fresh process per cell measures
-``ru_maxrss`` before and after one call on its largest sample (torch's
-allocations are invisible to tracemalloc).
+Times are the CPU time of each call (``time.thread_time``, less disturbed by
+other programs than wall time) with ``torch.set_num_threads(1)``, before and
+after alternating call by call: the minimum and the median over
+``--repeats`` passes over all samples, since the build machine is shared and
+noisy. Peak memory: a fresh process per cell resets its peak resident size
+(Linux ``/proc/self/clear_refs``) and reports how far one call on the first
+sample raises it (torch's allocations are invisible to tracemalloc); the
+frame itself is made before.
 
     PYTHONPATH=. python scripts/bench_refine.py
     PYTHONPATH=. python scripts/bench_refine.py --sizes 854x480 --repeats 20 --no-memory
@@ -28,7 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -109,15 +112,18 @@ def call(module: types.ModuleType, path: str, sample: Sample) -> np.ndarray:
     return module.probs_to_ids(sample.probs, sample.labels, size, guide=sample.rgb, **PATHS[path])
 
 
-def times_ms(module: types.ModuleType, path: str, samples: list[Sample], repeats: int) -> list[float]:
-    """Milliseconds of every call, ``repeats`` passes over ``samples`` (after one untimed call)."""
-    call(module, path, samples[0])
-    result = []
+def times_ms(modules: tuple[types.ModuleType, ...], path: str, samples: list[Sample], repeats: int) -> list[list[float]]:
+    """CPU milliseconds of every call of each module, ``repeats`` passes over ``samples``, the modules alternating
+    call by call so that they see the same machine load (after one untimed call each)."""
+    result = [[] for _ in modules]
+    for module in modules:
+        call(module, path, samples[0])
     for _ in range(repeats):
         for sample in samples:
-            start = time.perf_counter()
-            call(module, path, sample)
-            result.append(1000 * (time.perf_counter() - start))
+            for module, times in zip(modules, result):
+                start = time.thread_time()
+                call(module, path, sample)
+                times.append(1000 * (time.thread_time() - start))
     return result
 
 
@@ -131,16 +137,23 @@ def peak_extra_mb(revision: str, path: str, size: tuple[int, int], args: argpars
 
 
 def measure_child(args: argparse.Namespace) -> None:
-    """In the child: inputs made, everything imported and run once at 854x480; then ``ru_maxrss`` around one call."""
+    """In the child: inputs made, everything imported and run once on a small frame; then the peak resident
+    memory during one call, above the resident memory before it (Linux: the peak is reset first)."""
     revision, path, size = args.child
     module = refine if revision == CHECKOUT else load_refine(revision)
-    samples = [s for sequence in args.sequences for s in oracle_samples(
-        sequence, frames=args.frames, warmup=args.warmup, noise=args.noise, seed=args.seed)]
-    call(module, path, samples[0])
-    sample = resized(samples[:1], parse_size(size))[0]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sample = oracle_samples(args.sequences[0], frames=1, warmup=args.warmup, noise=args.noise, seed=args.seed)[0]
+    call(module, path, resized([sample], (120, 214))[0])
+    sample = resized([sample], parse_size(size))[0]
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS
+    before = _status_kb("VmRSS")
     call(module, path, sample)
-    print(json.dumps({"mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
+    print(json.dumps({"mb": (_status_kb("VmHWM") - before) / 1024}))
+
+
+def _status_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in kB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1])
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -173,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     before = load_refine(args.before)
     samples = [s for sequence in args.sequences for s in oracle_samples(
         sequence, frames=args.frames, warmup=args.warmup, noise=args.noise, seed=args.seed)]
-    print(f"{len(samples)} samples ({', '.join(args.sequences)}; grid {tuple(samples[0].probs.shape[1:])}), "
-          f"one thread, {args.repeats} passes; ms per frame as min / median")
+    print(f"{len(samples)} samples ({', '.join(args.sequences)}; oracle noise {args.noise:g}, grid "
+          f"{tuple(samples[0].probs.shape[1:])}), one thread, {args.repeats} passes; CPU ms per frame, min / median; "
+          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print("| size | path | before ms | after ms | before peak MB | after peak MB | same maps |")
     print("|---|---|---|---|---|---|---|")
     for text in args.sizes:
@@ -182,10 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         frames = resized(samples, size)
         for path in PATHS:
             same = all(np.array_equal(call(before, path, s), call(refine, path, s)) for s in frames)
-            cells = []
-            for module in (before, refine):
-                ms = times_ms(module, path, frames, args.repeats)
-                cells.append(f"{min(ms):.1f} / {statistics.median(ms):.1f}")
+            cells = [f"{min(ms):.1f} / {statistics.median(ms):.1f}" for ms in times_ms((before, refine), path, frames, args.repeats)]
             memory = ["-", "-"] if args.no_memory else [
                 f"{peak_extra_mb(revision, path, size, args):.0f}" for revision in (args.before, CHECKOUT)]
             print(f"| {text} | {path} | {cells[0]} | {cells[1]} | {memory[0]} | {memory[1]} | {same} |", flush=True)
