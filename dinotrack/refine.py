@@ -60,7 +60,7 @@ POOL_PIXELS = 1 << 20
 BAND_BUDGET = 1 << 16
 """Pixels times labels computed at once in the band of the bilinear path (about 80 bytes of work space each)."""
 SLACK = 2.0**-20
-"""Bound, relative to its inputs, on the rounding of the kernel's second pass and of :func:`_upper_bound` (8 times 2**-24)."""
+"""Bound, relative to its inputs, on the rounding of the kernel's second pass and of :func:`_upper_bound` (8 x 2**-24)."""
 TINY = 2.0**-140
 """Absolute bound on the same for subnormal values."""
 SMALL_OUTPUT = 128
@@ -166,7 +166,10 @@ def _nearest_sources(source: int, target: int) -> torch.Tensor:
 
 
 def _first_argmax(values: torch.Tensor) -> torch.Tensor:
-    """Index of the largest of ``values`` ``[M, ...]`` along dim 0, ties to the lower index, as the reference compares: ``[...] uint8``."""
+    """Index of the largest of ``values`` ``[M, ...]`` along dim 0: ``[...] uint8``.
+
+    Ties go to the lower index, and the comparisons are the reference's.
+    """
     best = values[0]
     channel = torch.zeros(values.shape[1:], dtype=torch.uint8, device=values.device)
     for index in range(1, values.shape[0]):
@@ -185,12 +188,12 @@ def _first_argmax(values: torch.Tensor) -> torch.Tensor:
 # builds with FMA: ``fma(t0, w0, t1 * w1)``). The first pass is cheap and is
 # taken from ``F.interpolate`` itself, to (h, W). Output rows between the
 # same two grid rows form a row cell; a unit is one column of one row cell.
-# A unit's values all lie between its two first-pass values, give or take
-# the rounding of the second pass (:data:`SLACK`); normalising is monotone.
-# So a unit whose lowest possible value for one channel beats every other
-# channel's highest possible value is decided without computing a pixel.
-# Only the other units' pixels are computed, with the kernel's arithmetic
-# reproduced exactly, and in chunks.
+# A unit's values mix its two first-pass values by its rows' weights, give
+# or take the rounding of the second pass (:func:`_upper_bound`), and
+# normalising is monotone. So a unit whose lowest possible value for one
+# channel beats every other channel's highest possible value is decided
+# without computing a pixel. Only the other units' pixels are computed, with
+# the kernel's arithmetic reproduced exactly, and in chunks.
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,8 @@ def _banded_applies(probs: torch.Tensor, size: tuple[int, int]) -> bool:
 
     It reproduces the generic CPU kernel, which ``F.interpolate`` runs
     unless output height plus width is at most 128 (for both its passes);
-    and the probe must have recognised the kernel's arithmetic.
+    the probe must have recognised the kernel's arithmetic, and the
+    probabilities must be finite (its bounds assume so).
     """
     small = min(size[0], probs.shape[1]) + size[1] <= SMALL_OUTPUT
     return (
@@ -262,7 +266,8 @@ def _banded_ids(
         unit, y = _unit_pixels(cells[part], rows)
         x = _take(columns[part], unit)
         units = _take(cells[part], unit) * size[1] + x
-        values = _pixel_values(top.flatten(1).index_select(1, units), bottom.flatten(1).index_select(1, units), rows, y, arithmetic)
+        values = _pixel_values(top.flatten(1).index_select(1, units), bottom.flatten(1).index_select(1, units),
+                               rows, y, arithmetic)
         if minmax:
             values = (values - low[:, :, 0]) / scale[:, :, 0]
         ids.view(-1).index_copy_(0, y * size[1] + x, lookup.index_select(0, _first_argmax(values).long()))
@@ -271,7 +276,7 @@ def _banded_ids(
 
 @functools.lru_cache(maxsize=16)
 def _row_cells(source: int, target: int, arithmetic: Arithmetic) -> _Rows:
-    """The grid rows, weights and row cells of ``target`` output rows from ``source`` grid rows, as the kernel computes them."""
+    """The grid rows, weights and row cells of ``target`` output rows from ``source`` grid rows, as the kernel has them."""
     if source == target:
         top = bottom = torch.arange(target)
         w_bottom = torch.zeros(target)
@@ -288,11 +293,14 @@ def _row_cells(source: int, target: int, arithmetic: Arithmetic) -> _Rows:
         bottom = top + (top < source - 1).long()
     _, cell, count = torch.unique_consecutive(top, return_inverse=True, return_counts=True)
     start = torch.cumsum(count, 0) - count
-    ranges = [torch.zeros(len(count)).scatter_reduce(0, cell, w_bottom, reduce, include_self=False) for reduce in ("amin", "amax")]
+    ranges = [torch.zeros(len(count)).scatter_reduce(0, cell, w_bottom, reduce, include_self=False)
+              for reduce in ("amin", "amax")]
     return _Rows(top[start], bottom[start], start, count, cell, 1 - w_bottom, w_bottom, torch.stack(ranges))
 
 
-def _pixel_values(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, y: torch.Tensor, arithmetic: Arithmetic) -> torch.Tensor:
+def _pixel_values(
+    top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, y: torch.Tensor, arithmetic: Arithmetic
+) -> torch.Tensor:
     """The kernel's bilinear values at pixels in rows ``y`` ``[N] int64``: ``[M, N] float32``.
 
     ``top``, ``bottom``: ``[M, N] float32`` first-pass values of each pixel's
@@ -349,10 +357,13 @@ def _upper_bound(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows) -> torch.
     """
     low, high = rows.w_range[:, :, None]
     rise = bottom - top
-    return top + torch.where(rise >= 0, rise * high, rise * low) + ((top.abs() + bottom.abs()) * SLACK + TINY)
+    margin = (top.abs() + bottom.abs()) * SLACK + TINY
+    return top + torch.where(rise >= 0, rise * high, rise * low) + margin
 
 
-def _normaliser(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Arithmetic) -> tuple[torch.Tensor, torch.Tensor]:
+def _normaliser(
+    top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Arithmetic
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each channel's min over the full-resolution plane and ``(max - min).clamp_min(1e-12)``: ``[M, 1, 1] float32`` each.
 
     Exact, from the units whose values could reach the extremes (see :func:`_maxima`).
@@ -382,7 +393,8 @@ def _maxima(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Ar
     flat_top = torch.where(flat, top, -torch.inf).amax(2)  # [P, K]
     flat_keys = (flat_top > -torch.inf).flatten().nonzero()[:, 0]  # plane * K + cell
     plane, cell, column = (candidate & ~flat).nonzero(as_tuple=True)
-    keys, first, second = _distinct(plane * cells + cell, top[plane, cell, column], bottom[plane, cell, column], planes * cells)
+    keys, first, second = _distinct(plane * cells + cell, top[plane, cell, column], bottom[plane, cell, column],
+                                    planes * cells)
     keys = torch.cat([flat_keys, keys])
     first = torch.cat([_take(flat_top.flatten(), flat_keys), first])
     second = torch.cat([_take(flat_top.flatten(), flat_keys), second])
@@ -444,13 +456,16 @@ def kernel_arithmetic() -> Arithmetic | None:
 def _full_plane(probs: torch.Tensor, size: tuple[int, int], arithmetic: Arithmetic) -> torch.Tensor:
     """Every pixel of ``probs`` ``[M, h, w]`` upsampled the way the band computes them: ``[M, H, W] float32``."""
     rows = _row_cells(probs.shape[1], size[0], arithmetic)
-    across = F.interpolate(probs.float()[:, None], size=(probs.shape[1], size[1]), mode="bilinear", align_corners=False)[:, 0]
+    across = F.interpolate(probs.float()[:, None], size=(probs.shape[1], size[1]), mode="bilinear",
+                           align_corners=False)[:, 0]
     y = torch.arange(size[0])
     return _pixel_values(across[:, rows.top[rows.cell]].flatten(1), across[:, rows.bottom[rows.cell]].flatten(1),
                          rows, y.repeat_interleave(size[1]), arithmetic).view(-1, *size)
 
 
-def colour_refined_ids(probs: torch.Tensor, guide: torch.Tensor, lookup: torch.Tensor, *, minmax: bool = True) -> torch.Tensor:
+def colour_refined_ids(
+    probs: torch.Tensor, guide: torch.Tensor, lookup: torch.Tensor, *, minmax: bool = True
+) -> torch.Tensor:
     """Label map with colour refinement (see the module docstring): ``[H, W] uint8`` ids.
 
     ``probs``: ``[M, h, w]`` float; ``guide``: ``[H, W, 3] uint8`` on the same
@@ -517,7 +532,8 @@ class _ColourLayout:
 def _colour_layout(grid: tuple[int, int], size: tuple[int, int], device: torch.device) -> _ColourLayout:
     cells = (min(size[0], CELLS_PER_PATCH * grid[0]), min(size[1], CELLS_PER_PATCH * grid[1]))
     rows, columns = (_nearest_sources(n, target).to(device) for n, target in zip(cells, size))
-    cell_grid, patch_grid = (tuple(_axis_neighbours(n, target, device) for n, target in zip(shape, size)) for shape in (cells, grid))
+    cell_grid, patch_grid = (tuple(_axis_neighbours(n, target, device) for n, target in zip(shape, size))
+                             for shape in (cells, grid))
     runs = _Runs.of(rows, cells[0], (cell_grid[0][0], patch_grid[0][0]))
     column_count = torch.bincount(columns, minlength=cells[1])
     return _ColourLayout(cells, rows, columns, cell_grid, patch_grid, runs, torch.cumsum(column_count, 0) - column_count,
@@ -569,7 +585,7 @@ class _Runs:
 
 
 def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For items with ``counts`` ``[N] int64``: the item of each of their ``sum(counts)`` parts, and the part's rank in it."""
+    """For items with ``counts`` ``[N] int64``: the item of each of their parts, and the part's rank in it."""
     item = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
     return item, torch.arange(len(item), device=counts.device) - _take(torch.cumsum(counts, 0) - counts, item)
 
@@ -598,8 +614,10 @@ class _Grid:
         top, bottom, down = _take(self.rows[0], y[0]), _take(self.rows[1], y[0]), _take(self.rows[2], y)
         left, right, across = (_take(t, x) for t in self.columns)
         flat, width = self.planes.flatten(1), self.planes.shape[2]
-        upper, lower = (torch.lerp(flat.index_select(1, row * width + left), flat.index_select(1, row * width + right), across)
-                        for row in (top, bottom))  # [P, X]
+        upper, lower = (
+            torch.lerp(flat.index_select(1, row * width + left), flat.index_select(1, row * width + right), across)
+            for row in (top, bottom)
+        )  # [P, X]
         return torch.lerp(upper[:, None], lower[:, None], down)
 
 
@@ -722,7 +740,8 @@ def _box_mean(planes: torch.Tensor, radius: int) -> torch.Tensor:
         length = planes.shape[dim]
         index = torch.arange(length, device=planes.device)
         count = (index + radius).clamp_max(length - 1) - (index - radius).clamp_min(0) + 1
-        planes = _window_sums(planes.cumsum(dim), dim, radius) / count.to(planes.dtype).view(_along(dim, length, (1, 1, 1)))
+        count = count.to(planes.dtype).view(_along(dim, length, (1, 1, 1)))
+        planes = _window_sums(planes.cumsum(dim), dim, radius) / count
     return planes
 
 

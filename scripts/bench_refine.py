@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         frames = resized(samples, size)
         for path in PATHS:
             same = all(np.array_equal(call(before, path, s), call(refine, path, s)) for s in frames)
-            cells = [f"{min(ms):.1f} / {statistics.median(ms):.1f}" for ms in times_ms((before, refine), path, frames, args.repeats)]
+            times = times_ms((before, refine), path, frames, args.repeats)
+            cells = [f"{min(ms):.1f} / {statistics.median(ms):.1f}" for ms in times]
             memory = ["-", "-"] if args.no_memory else [
                 f"{peak_extra_mb(revision, path, size, args):.0f}" for revision in (args.before, CHECKOUT)]
             print(f"| {text} | {path} | {cells[0]} | {cells[1]} | {memory[0]} | {memory[1]} | {same} |", flush=True)

@@ -275,7 +275,9 @@ def test_colour_refinement_equals_the_reference_on_synthetic_scenes():
                           reference_colour_ids(probs, [0, 5], frame))
 
 
-@pytest.mark.parametrize("size, cells", [((480, 854), (120, 216)), ((97, 161), (24, 40)), ((5, 3), (5, 3)), ((1080, 1920), (120, 216))])
+@pytest.mark.parametrize(
+    "size, cells", [((480, 854), (120, 216)), ((97, 161), (24, 40)), ((5, 3), (5, 3)), ((1080, 1920), (120, 216))]
+)
 def test_cell_colours_equal_adaptive_average_pooling(monkeypatch: pytest.MonkeyPatch, size, cells):
     frame = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (*size, 3), dtype=np.uint8))
     expected = torch.stack([F.adaptive_avg_pool2d(frame[None, :, :, k].float(), cells)[0] for k in range(3)]) / 255
