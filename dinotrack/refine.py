@@ -489,7 +489,7 @@ def colour_refined_ids(
         y, x = layout.pixels(part)
         pixels = (y * size[1] + x).flatten()
         channel = _block_channels(models, priors, guide.reshape(-1, 3), y, x, pixels)
-        ids.view(-1).index_copy_(0, pixels, lookup.index_select(0, channel.flatten()))
+        ids.view(-1).index_copy_(0, pixels, lookup.index_select(0, channel.flatten().int()))
     return ids
 
 
@@ -623,7 +623,7 @@ class _Grid:
 
 def _block_channels(models: _Grid, probs: _Grid, colours: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
                     pixels: torch.Tensor) -> torch.Tensor:
-    """Winning channel of pixels ``(y, x)`` (rows ``[R, X]`` of runs, columns ``[X]``): ``[R, X] int64``.
+    """Winning channel of pixels ``(y, x)`` (rows ``[R, X]`` of runs, columns ``[X]``): ``[R, X] uint8``.
 
     ``models``: :func:`colour_models` flattened to ``[M * 5, ch, cw]``;
     ``probs``: ``[M, h, w]``; ``colours``: the frame as ``[H * W, 3] uint8``;
@@ -631,10 +631,11 @@ def _block_channels(models: _Grid, probs: _Grid, colours: torch.Tensor, y: torch
     """
     colour = colours.index_select(0, pixels).T.float().div_(255).view(3, *y.shape)  # [3, R, X]
     model = models.at(y, x).unflatten(0, (-1, 5))  # [M, 5, R, X]
-    distance = (colour - model[:, :3]).square_().sum(1)  # [M, R, X]
+    squares = (colour - model[:, :3]).square_()
+    distance = squares[:, 0] + squares[:, 1] + squares[:, 2]  # [M, R, X], summed in the order sum(1) takes
     log_likelihood = model[:, 4] - distance * model[:, 3]
     prior = probs.at(y, x).clamp_min_(PROBABILITY_FLOOR).log_()
-    return (prior + COLOUR_WEIGHT * log_likelihood).max(0).indices
+    return _first_argmax(prior + COLOUR_WEIGHT * log_likelihood)
 
 
 def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
