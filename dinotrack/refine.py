@@ -61,7 +61,7 @@ POOL_PIXELS = 1 << 20
 BAND_BUDGET = 1 << 16
 """Pixels times labels computed at once in the band of the bilinear path (about 80 bytes of work space each)."""
 SLACK = 2.0**-20
-"""Bound, relative to its inputs, on the rounding of the kernel's second pass and of :func:`_upper_bound` (8 x 2**-24)."""
+"""Bound, relative to its inputs, on the rounding of the kernel's second pass and of :func:`_bounds` (8 x 2**-24)."""
 TINY = 2.0**-140
 """Absolute bound on the same for subnormal values."""
 SMALL_OUTPUT = 128
@@ -190,7 +190,7 @@ def _first_argmax(values: torch.Tensor) -> torch.Tensor:
 # taken from ``F.interpolate`` itself, to (h, W). Output rows between the
 # same two grid rows form a row cell; a unit is one column of one row cell.
 # A unit's values mix its two first-pass values by its rows' weights, give
-# or take the rounding of the second pass (:func:`_upper_bound`), and
+# or take the rounding of the second pass (:func:`_bounds`), and
 # normalising is monotone. So a unit whose lowest possible value for one
 # channel beats every other channel's highest possible value is decided
 # without computing a pixel. Only the other units' pixels are computed, with
@@ -259,8 +259,9 @@ def _banded_ids(
     rows = _row_cells(probs.shape[1], size[0], arithmetic)
     across = F.interpolate(probs.float()[:, None], size=(probs.shape[1], size[1]), mode="bilinear", align_corners=False)
     top, bottom = across[:, 0].index_select(1, rows.top), across[:, 0].index_select(1, rows.bottom)  # [M, K, W]
-    low, scale = _normaliser(top, bottom, rows, arithmetic) if minmax else (None, None)
-    winner, open_units = _unit_winners(top, bottom, rows, low, scale)
+    lower, upper = _bounds(top, bottom, rows)
+    low, scale = _normaliser(top, bottom, lower, upper, rows, arithmetic) if minmax else (None, None)
+    winner, open_units = _unit_winners(lower, upper, low, scale)
     ids = lookup[winner.long()].index_select(0, rows.cell)
     cells, columns = open_units.nonzero(as_tuple=True)
     for part in _chunks(_take(rows.count, cells), BAND_BUDGET // probs.shape[0]):
@@ -346,65 +347,83 @@ def _chunks(sizes: torch.Tensor, budget: int) -> list[slice]:
     return [slice(begin, end) for begin, end in zip([0, *bounds[:-1]], bounds)]
 
 
-def _upper_bound(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows) -> torch.Tensor:
-    """An upper bound of the kernel's values in each unit: ``[..., K, W] float32`` like ``top`` and ``bottom``.
+def _bounds(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of the kernel's values in each unit: ``[..., K, W] float32`` each, like ``top``.
 
     A value is ``top + (bottom - top) * w`` with ``w`` the row's
-    ``w_bottom``, up to rounding: its largest over the cell's range of
-    ``w``, plus what the kernel's roundings and this bound's own can add
-    (:data:`SLACK` of the magnitudes, :data:`TINY` below the normal range).
-    Rounding is monotonic and symmetric: ``-_upper_bound(-top, -bottom)``
-    is a lower bound.
+    ``w_bottom``, up to rounding: its least and largest over the cell's range
+    of ``w``, widened by what the kernel's roundings and these bounds' own
+    can add (:data:`SLACK` of the magnitudes, :data:`TINY` below the normal
+    range). Rounding is monotonic, and symmetric: the bounds of ``-top``,
+    ``-bottom`` are these, negated and swapped.
     """
     low, high = rows.w_range[:, :, None]
     rise = bottom - top
     margin = (top.abs() + bottom.abs()) * SLACK + TINY
-    return top + torch.where(rise >= 0, rise * high, rise * low) + margin
+    rising = rise >= 0
+    least, most = torch.where(rising, rise * low, rise * high), torch.where(rising, rise * high, rise * low)
+    return top + least - margin, top + most + margin
 
 
 def _normaliser(
-    top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Arithmetic
+    top: torch.Tensor, bottom: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, rows: _Rows, arithmetic: Arithmetic
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each channel's min over the full-resolution plane and ``(max - min).clamp_min(1e-12)``: ``[M, 1, 1] float32`` each.
 
-    Exact, from the units whose values could reach the extremes (see :func:`_maxima`).
+    ``top``, ``bottom``: ``[M, K, W]`` first-pass values; ``lower``,
+    ``upper``: their :func:`_bounds`. Exact, from the units whose values
+    could reach the extremes (see :func:`_maxima`).
     """
-    largest = _maxima(torch.cat([top, -top]), torch.cat([bottom, -bottom]), rows, arithmetic)
+    largest = _maxima(torch.cat([top, -top]), torch.cat([bottom, -bottom]), torch.cat([lower, -upper]),
+                      torch.cat([upper, -lower]), rows, arithmetic)
     high, low = largest.chunk(2)
     low = -low
     return low[:, None, None], (high - low).clamp_min(1e-12)[:, None, None]
 
 
-def _maxima(top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, arithmetic: Arithmetic) -> torch.Tensor:
+def _maxima(
+    top: torch.Tensor, bottom: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, rows: _Rows, arithmetic: Arithmetic
+) -> torch.Tensor:
     """The largest value of each plane at full resolution, exactly: ``[P] float32``.
 
     ``top``, ``bottom``: ``[P, K, W]`` first-pass values of each unit's grid
-    rows. A unit whose every value is at least ``t`` guarantees a maximum of
-    at least ``t``; units whose values cannot reach that are skipped. The
-    values of the others depend only on their cell and their two first-pass
-    values, and grow with them: of the flat units (both equal) only the
-    largest of each cell is computed, of the rest each distinct triple once,
-    on every row of its cell. Rounding is symmetric, so the maxima of
-    ``-top``, ``-bottom`` are the minima, negated.
+    rows; ``lower``, ``upper``: their :func:`_bounds`. A unit's values grow
+    with both first-pass values, so every unit of a cell is capped by a flat
+    unit (both values equal) at the cell's largest first-pass value, and the
+    flat units of one cell by the largest of them; both caps are computed on
+    the cell's rows (:func:`_flat_maxima`). Where the flat units reach the
+    cap, as on plateaus, that is the maximum. Elsewhere the other units that
+    could beat both what the flat units reach and what some unit surely
+    reaches are computed, each distinct triple of cell and first-pass values
+    once. Rounding is symmetric, so the maxima of ``-top``, ``-bottom`` are
+    the minima, negated.
     """
     planes, cells = top.shape[:2]
-    threshold = (-_upper_bound(-top, -bottom, rows)).amax((1, 2), keepdim=True)
-    candidate = _upper_bound(top, bottom, rows) >= threshold
-    flat = candidate & (top == bottom)
-    flat_top = torch.where(flat, top, -torch.inf).amax(2)  # [P, K]
-    flat_keys = (flat_top > -torch.inf).flatten().nonzero()[:, 0]  # plane * K + cell
-    plane, cell, column = (candidate & ~flat).nonzero(as_tuple=True)
+    reached = _flat_maxima(torch.where(top == bottom, top, -torch.inf).amax(2), rows, arithmetic).amax(1)
+    ceiling = _flat_maxima(torch.maximum(top, bottom).amax(2), rows, arithmetic).amax(1)
+    surely = lower.amax((1, 2))
+    candidate = (top != bottom) & (upper >= surely[:, None, None]) & (upper > reached[:, None, None])
+    plane, cell, column = (candidate & (reached < ceiling)[:, None, None]).nonzero(as_tuple=True)
     keys, first, second = _distinct(plane * cells + cell, top[plane, cell, column], bottom[plane, cell, column],
                                     planes * cells)
-    keys = torch.cat([flat_keys, keys])
-    first = torch.cat([_take(flat_top.flatten(), flat_keys), first])
-    second = torch.cat([_take(flat_top.flatten(), flat_keys), second])
-    largest = torch.full((planes,), -torch.inf)
+    largest = reached.clone()
     for part in _chunks(_take(rows.count, keys % cells), BAND_BUDGET):
         unit, y = _unit_pixels(keys[part] % cells, rows)
         values = _pixel_values(_take(first[part], unit)[None], _take(second[part], unit)[None], rows, y, arithmetic)[0]
         largest.scatter_reduce_(0, _take(keys[part] // cells, unit), values, "amax")
     return largest
+
+
+def _flat_maxima(values: torch.Tensor, rows: _Rows, arithmetic: Arithmetic) -> torch.Tensor:
+    """The largest value, over each cell's rows, of a unit whose two first-pass values are both ``values``.
+
+    ``values``: ``[P, K] float32``, ``-inf`` for none. Returns ``[P, K] float32``.
+    """
+    present = values[:, rows.cell] > -torch.inf  # [P, H]
+    flat = torch.where(present, values[:, rows.cell], 0)
+    computed = _pixel_values(flat, flat, rows, torch.arange(len(rows.cell)), arithmetic)
+    cell = rows.cell.expand_as(computed)
+    return torch.full_like(values, -torch.inf).scatter_reduce(1, cell, torch.where(present, computed, -torch.inf), "amax")
 
 
 def _distinct(
@@ -420,15 +439,15 @@ def _distinct(
 
 
 def _unit_winners(
-    top: torch.Tensor, bottom: torch.Tensor, rows: _Rows, low: torch.Tensor | None, scale: torch.Tensor | None
+    lower: torch.Tensor, upper: torch.Tensor, low: torch.Tensor | None, scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each unit's winning channel where it is decided, and which units are open: ``[K, W] uint8``, ``[K, W] bool``.
 
-    ``top``, ``bottom``: ``[M, K, W]`` first-pass values; ``low``, ``scale``:
-    the normalisation (``None``: none). A unit is decided when one
-    channel's lowest possible value beats every other's highest.
+    ``lower``, ``upper``: ``[M, K, W]`` bounds of the units' values
+    (:func:`_bounds`); ``low``, ``scale``: the normalisation (``None``:
+    none), monotonic. A unit is decided when one channel's lowest possible
+    value beats every other's highest.
     """
-    upper, lower = _upper_bound(top, bottom, rows), -_upper_bound(-top, -bottom, rows)
     if low is not None:
         upper, lower = (upper - low) / scale, (lower - low) / scale
     best, winner = lower.max(0)
