@@ -522,8 +522,8 @@ class _ColourLayout:
     upsampling; ``cell_grid``, ``patch_grid``: where each pixel row and
     column reads the cell grid and the patch grid (:func:`_axis_neighbours`);
     ``runs``: the cells' pixel rows in runs (:class:`_Runs`);
-    ``column_start``, ``column_count``: ``[cw] int64`` each cell column's
-    pixel columns.
+    ``cell_columns``: ``[cw, S] int64`` the pixel columns of each cell
+    column, the last repeated to the widest's count.
     """
 
     cells: tuple[int, int]
@@ -532,20 +532,23 @@ class _ColourLayout:
     cell_grid: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
     patch_grid: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
     runs: _Runs
-    column_start: torch.Tensor
-    column_count: torch.Tensor
+    cell_columns: torch.Tensor
 
     @property
     def pixels_per_cell(self) -> int:
-        """Pixels computed for one cell, padding included (at most)."""
-        return int(torch.diff(self.runs.first).max() * self.column_count.max()) * self.runs.size
+        """Pixels computed for one cell, padding included."""
+        return self.runs.of_cell.shape[1] * self.runs.size * self.cell_columns.shape[1]
 
     def pixels(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pixels of ``cells`` ``[C, 2] int64``: rows ``[R, X]`` (one run per column) and columns ``[X]``, int64."""
-        entry, run = self.runs.of_cells(cells[:, 0])
-        cell_column = _take(cells[:, 1], entry)
-        column, offset = _expand(_take(self.column_count, cell_column))
-        return self.runs.pixels(_take(run, column)), _take(self.column_start, _take(cell_column, column)) + offset
+        """The pixels of ``cells`` ``[C, 2] int64``: rows ``[R, X]`` (one run per column) and columns ``[X]``, int64.
+
+        A cell's pixels are each of its runs by each of its columns; padding
+        repeats some, which then are computed, and written, twice.
+        """
+        runs = self.runs.of_cell.index_select(0, cells[:, 0])[:, :, None]  # [C, runs, 1]
+        columns = self.cell_columns.index_select(0, cells[:, 1])[:, None, :]  # [C, 1, S]
+        shape = (len(cells), runs.shape[1], columns.shape[2])
+        return self.runs.pixels(runs.expand(shape).flatten()), columns.expand(shape).flatten()
 
 
 @functools.lru_cache(maxsize=8)
@@ -555,9 +558,17 @@ def _colour_layout(grid: tuple[int, int], size: tuple[int, int], device: torch.d
     cell_grid, patch_grid = (tuple(_axis_neighbours(n, target, device) for n, target in zip(shape, size))
                              for shape in (cells, grid))
     runs = _Runs.of(rows, cells[0], (cell_grid[0][0], patch_grid[0][0]))
-    column_count = torch.bincount(columns, minlength=cells[1])
-    return _ColourLayout(cells, rows, columns, cell_grid, patch_grid, runs, torch.cumsum(column_count, 0) - column_count,
-                         column_count)
+    count = torch.bincount(columns, minlength=cells[1])
+    return _ColourLayout(cells, rows, columns, cell_grid, patch_grid, runs, _padded_spans(count))
+
+
+def _padded_spans(count: torch.Tensor) -> torch.Tensor:
+    """``[N, max(count)] int64``: row ``i`` holds the ``count[i]`` consecutive indices of item ``i``, the last repeated.
+
+    ``count``: ``[N] int64``, items laid out one after another.
+    """
+    steps = torch.arange(int(count.max()), device=count.device)
+    return (torch.cumsum(count, 0) - count)[:, None] + torch.minimum(steps, (count - 1).clamp_min(0)[:, None])
 
 
 @dataclass(frozen=True)
@@ -566,15 +577,15 @@ class _Runs:
 
     Bilinear interpolation then shares its inner (horizontal) lerps across a
     run's rows. ``start``, ``count``: ``[G] int64`` first pixel row and
-    length of each run; ``first``: ``[cells + 1] int64``, the runs of cell
-    row ``i`` are ``first[i]:first[i + 1]``; ``size``: runs longer than the
-    usual (median) length are split, and shorter ones are padded to it by
-    repeating their last row.
+    length of each run; ``of_cell``: ``[ch, n] int64`` the runs of each cell
+    row, the last repeated to the most any has; ``size``: runs longer than
+    the usual (median) length are split, and shorter ones are padded to it
+    by repeating their last row.
     """
 
     start: torch.Tensor
     count: torch.Tensor
-    first: torch.Tensor
+    of_cell: torch.Tensor
     size: int
 
     @classmethod
@@ -590,13 +601,7 @@ class _Runs:
         pieces = torch.div(count + size - 1, size, rounding_mode="floor")
         run, piece = _expand(pieces)
         start, count = start[run] + piece * size, torch.minimum(count[run] - piece * size, count.new_tensor(size))
-        return cls(start, count, torch.searchsorted(cell[start], torch.arange(cells + 1, device=cell.device)), size)
-
-    def of_cells(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The runs of ``cells`` ``[C] int64``: each run's entry in ``cells`` and its index, ``[G] int64`` each."""
-        first = _take(self.first, cells)
-        entry, piece = _expand(_take(self.first, cells + 1) - first)
-        return entry, _take(first, entry) + piece
+        return cls(start, count, _padded_spans(torch.bincount(cell[start], minlength=cells)), size)
 
     def pixels(self, runs: torch.Tensor) -> torch.Tensor:
         """``[size, G] int64``: the pixel rows of ``runs`` down each column, repeating each run's last."""
