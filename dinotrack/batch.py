@@ -39,9 +39,10 @@ import cv2
 import torch
 
 from dinotrack.backbones import Backbone
+from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.files import atomic_write_json
 from dinotrack.manifest import BATCH_RECORD, VideoJob
-from dinotrack.pipeline import RunOptions, RunReport, load_backbone, track_video
+from dinotrack.pipeline import RunOptions, RunReport, load_backbone, planned_changes, track_video
 from dinotrack.records import RunRecord
 from dinotrack.report import write_report
 from dinotrack.sources import IMAGE_SUFFIXES
@@ -424,8 +425,11 @@ class BatchRecord:
 
 @dataclass
 class _Task:
+    """A video to track: ``fresh`` replaces whatever its folder holds, else an earlier run is resumed."""
+
     job: VideoJob
     frames: int
+    fresh: bool = True
     attempts: int = 0
 
 
@@ -437,6 +441,7 @@ def run_batch(
     address: str | None = None,
     num_workers: int | None = None,
     gpus_per_worker: float | None = None,
+    overwrite: bool = False,
     on_event: Event | None = None,
     stop: threading.Event | None = None,
 ) -> BatchRecord:
@@ -451,9 +456,10 @@ def run_batch(
     two on a GPU), else one per :data:`CPU_THREADS_PER_WORKER` CPU cores.
     ``on_event(kind, payload)``: progress for a user interface. ``stop``: when
     set, every worker stops after its frame in hand, and the batch ends
-    ``interrupted``. Videos already complete in ``output`` are skipped
-    (one complete from another source or mask is recorded as failed, and
-    left as it is); unfinished ones resume.
+    ``interrupted``. A video already complete in ``output`` with the same
+    inputs and settings is reused, an unfinished one resumes; a run made with
+    other inputs or settings is a :class:`UsageError` naming the differences,
+    before any work, unless ``overwrite`` (then it is tracked again).
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -461,7 +467,7 @@ def run_batch(
     if num_workers is not None and num_workers < 1:
         raise UsageError(f"--num-workers must be at least 1 (got {num_workers}).")
     started = time.perf_counter()
-    driver = _Driver(jobs, output, on_event or _ignore, stop or threading.Event())
+    driver = _Driver(jobs, output, options, overwrite, on_event or _ignore, stop or threading.Event())
     engine = None
     if driver.queue:
         engine = _engine(options, address=address, num_workers=num_workers, gpus_per_worker=gpus_per_worker)
@@ -509,17 +515,28 @@ def _engine(
 class _Driver:
     """Hands the queued videos, longest first, to free workers; replaces dead workers; records everything."""
 
-    def __init__(self, jobs: list[VideoJob], output: Path, on_event: Event, stop: threading.Event):
+    def __init__(
+        self, jobs: list[VideoJob], output: Path, options: RunOptions, overwrite: bool, on_event: Event,
+        stop: threading.Event,
+    ):
         self.output, self.emit, self.stop = output, on_event, stop
         self.videos = {job.name: _pending_entry(job) for job in jobs}
-        tasks = []
+        tasks, stale = [], []
         for job in jobs:
-            finished = _finished_entry(job, output / job.name)
-            if finished is not None:
-                self.videos[job.name].update(finished)
+            run = _read_run(output / job.name)
+            changes = planned_changes(run, job.source, job.mask, options) if run is not None else []
+            if changes and not overwrite:
+                stale.append(f"{job.name} ({'; '.join(changes)})")
+            elif run is not None and run.status == "complete" and not changes:
+                self.videos[job.name].update(_reused_entry(run, output / job.name))
             else:
-                tasks.append(_Task(job, _estimate_frames(job.source)))
+                tasks.append(_Task(job, _estimate_frames(job.source), fresh=bool(changes) or run is None))
                 self.videos[job.name]["frames_total"] = tasks[-1].frames or None
+        if stale:
+            raise UsageError(
+                f"--output {output} holds runs made with other inputs or settings: {', '.join(stale)}. "
+                "Pass --overwrite to track them again with these settings, or choose another --output."
+            )
         self.queue = deque(sorted(tasks, key=lambda task: -task.frames))
         self.idle: list[Any] = []
         self.starting: dict[Hashable, Any] = {}
@@ -574,7 +591,7 @@ class _Driver:
             if not self.output.is_dir():
                 self.output.mkdir(parents=True)
             worker, task = self.idle.pop(), self.queue.popleft()
-            resume = _run_status(self.output / task.job.name) is not None
+            resume = not task.fresh
             self.busy[self.engine.run(worker, task.job, self.output, resume)] = (worker, task)
             self.videos[task.job.name]["status"] = "running"
             self._write()
@@ -608,6 +625,7 @@ class _Driver:
         self.videos[task.job.name]["frames_done"] = max(self.videos[task.job.name]["frames_done"], frames_on_disk)
         given_up = task.attempts >= MAX_ATTEMPTS
         if not given_up:
+            task.fresh = False  # what the dead worker wrote is resumed, not replaced
             self.queue.appendleft(task)
             self.videos[task.job.name]["status"] = "pending"
         if not self.stopping and len(self.queue) > len(self.idle) + len(self.starting):
@@ -669,22 +687,8 @@ def _read_run(run_dir: Path) -> RunRecord | None:
         return None
 
 
-def _run_status(run_dir: Path) -> str | None:
-    """The status in ``run_dir/run.json``; ``None`` when there is no readable one."""
-    run = _read_run(run_dir)
-    return None if run is None else run.status
-
-
-def _finished_entry(job: VideoJob, run_dir: Path) -> dict | None:
-    """The entry of a video whose ``run.json`` says complete (it is not run again), else ``None``."""
-    run = _read_run(run_dir)
-    if run is None or run.status != "complete":
-        return None
-    if (run.source, run.mask) != (str(job.source.resolve()), str(job.mask.resolve())):
-        return {"status": "failed", "error": (
-            f"{run_dir} holds a complete run of another video ({run.source} from {run.mask}), so {job.source} was "
-            "not tracked. Give this video another name, or the batch another output folder."
-        )}
+def _reused_entry(run: RunRecord, run_dir: Path) -> dict:
+    """The entry of a video whose complete run is reused, not run again."""
     entry = {
         "status": "complete", "skipped": True, "frames_done": run.frames_done, "frames_total": run.frames_total,
         "seconds": run.seconds.get("total", 0.0), "fps": run.fps,
@@ -719,3 +723,38 @@ def _write_record(output: Path, record: BatchRecord) -> None:
     """``output/batch.json``, replaced whole (written under a temporary name, then renamed)."""
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / BATCH_RECORD, record.as_dict())
+
+
+DATASET_FILES = {"global": "global_results.csv", "per_sequence": "per-sequence_results.csv",
+                 "json": "metrics.json", "plot": "metrics.png"}
+"""The aggregated scores a batch with ground truth writes beside its runs, as ``dinotrack benchmark`` always has."""
+
+
+def write_dataset_scores(jobs: list[VideoJob], output: str | os.PathLike, options: RunOptions) -> EvalReport | None:
+    """Score every complete video that has ground truth and write the dataset's tables to ``output``.
+
+    Every object of every sequence weighs the same (the DAVIS convention).
+    ``metrics.json`` also records the preset, settings, model and weights,
+    so the figures say what made them. Returns ``None`` when no video has
+    ground truth (or none is complete).
+    """
+    output = Path(output)
+    report = EvalReport(objects=[])
+    for job in jobs:
+        run = _read_run(output / job.name)
+        if job.gt is None or run is None or run.status != "complete":
+            continue
+        scored = evaluate(output / job.name / "masks", job.gt, sequences=[job.name])
+        report.objects += scored.objects
+        report.warnings += scored.warnings
+    if not report.objects:
+        return None
+    about = {"preset": options.preset, "settings": options.config.as_dict(), "model": str(options.model),
+             "weights": str(options.weights) if options.weights else "hub"}
+    write_csv(report, output / DATASET_FILES["global"], per_sequence=output / DATASET_FILES["per_sequence"])
+    write_json(report, output / DATASET_FILES["json"], about=about)
+    try:
+        write_plot(report, output / DATASET_FILES["plot"])
+    except DinotrackError as error:
+        log.warning("%s", error)
+    return report

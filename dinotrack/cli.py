@@ -37,6 +37,7 @@ app = typer.Typer(
     help="Follow objects through a video: DINOv3 features + label propagation of a first-frame mask.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
@@ -79,7 +80,7 @@ PresetOpt = Annotated[
 ]
 KeyframeBound = Annotated[
     Optional[int],
-    typer.Option("--keyframe-bound", help="Later keyframes kept in the context besides the first (default 2)."),
+    typer.Option("--keyframe-bound", help="Later keyframes kept in the context besides the first (default 4)."),
 ]
 OverlayOpt = Annotated[
     Overlay,
@@ -310,11 +311,21 @@ def _print_eval_table(report: Any) -> None:
     )
 
 
+Sequences = Annotated[Optional[str], typer.Option("--sequences", help="Comma-separated sequence names of a DAVIS root (default: all).")]
+Address = Annotated[
+    Optional[str],
+    typer.Option("--address", help="Join this Ray cluster (auto or HOST:PORT, as `ray start --head` prints). Default: a local Ray instance."),
+]
+NumWorkers = Annotated[Optional[int], typer.Option("--num-workers", min=1, help="Workers, each with its own model. Default: one per GPU, else one per 2 CPU cores.")]
+GpusPerWorker = Annotated[Optional[float], typer.Option("--gpus-per-worker", min=0, help="GPUs per worker; 0.5 packs two workers on a GPU.")]
+OverwriteRuns = Annotated[bool, typer.Option("--overwrite", help="Track again the videos whose earlier runs in --output used other settings.")]
+
+
 @app.command()
-def benchmark(
-    root: Annotated[Path, typer.Argument(help="A DAVIS-layout dataset: ROOT/JPEGImages/480p/<seq> and ROOT/Annotations/480p/<seq>.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one run per sequence and the global results.")],
-    sequences: Annotated[Optional[str], typer.Option("--sequences", help="Comma-separated sequence names (default: all).")] = None,
+def batch(
+    jobs: Annotated[Path, typer.Argument(help="A manifest (.csv with a header, or .jsonl; fields source, mask, and optionally gt, name) or a DAVIS-layout root.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one run per video, batch.json and, with ground truth, the dataset's scores.")],
+    sequences: Sequences = None,
     model: Model = "vits16",
     weights: Weights = None,
     short_side: ShortSide = None,
@@ -330,27 +341,102 @@ def benchmark(
     compile_model: Compile = False,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    address: Address = None,
+    num_workers: NumWorkers = None,
+    gpus_per_worker: GpusPerWorker = None,
+    overwrite: OverwriteRuns = False,
     debug: Debug = False,
 ) -> None:
-    """Track every sequence of a DAVIS-layout dataset and score it (resumable)."""
+    """Track many videos at once, on every core, GPU and machine of a Ray cluster (resumable)."""
     with _reported(debug):
-        from dinotrack.pipeline import RunOptions, benchmark_dataset
+        from dinotrack.pipeline import RunOptions
 
         options = RunOptions(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
         )
-        names = [name.strip() for name in sequences.split(",") if name.strip()] if sequences else None
-        with _stop_on_signals() as stop, _progress("Benchmark") as (on_progress, restart):
-            report = benchmark_dataset(
-                root, output, options, sequences=names, on_sequence=lambda name, i, n: restart(f"{name} ({i}/{n})"),
-                on_progress=on_progress, stop=stop,
-            )
+        _run_batch(jobs, output, options, sequences=sequences, address=address, num_workers=num_workers,
+                   gpus_per_worker=gpus_per_worker, overwrite=overwrite)
+
+
+app.command(
+    "benchmark",
+    help="Track every sequence of a DAVIS-layout dataset and score it: the same runner as `batch`, given a DAVIS root.",
+)(batch)
+
+
+def _run_batch(jobs_path: Path, output: Path, options: Any, *, sequences: str | None, **engine: Any) -> None:
+    """Read the jobs (every mistake before any work), run them, print the tables, exit 1 or 130 as the batch ended."""
+    from dinotrack.batch import DATASET_FILES, run_batch, write_dataset_scores
+    from dinotrack.manifest import BATCH_RECORD, read_jobs
+
+    names = [name.strip() for name in sequences.split(",") if name.strip()] if sequences else None
+    jobs = read_jobs(jobs_path, sequences=names)
+    with _stop_on_signals() as stop, _batch_progress() as on_event:
+        record = run_batch(jobs, output, options, on_event=on_event, stop=stop, **engine)
+    _print_batch_table(record)
+    report = write_dataset_scores(jobs, output, options)
+    if report is not None:
         _print_eval_table(report)
-        console.print(
-            f"Wrote {output / 'global_results.csv'}, {output / 'per-sequence_results.csv'} and {output / 'report.html'}"
-        )
+        console.print(f"Wrote {output / DATASET_FILES['global']} and {output / DATASET_FILES['per_sequence']}")
+    console.print(f"Wrote {output / BATCH_RECORD}" + (f" and {output / 'report.html'}" if record.videos else ""))
+    if record.status == "interrupted":
+        console.print("[yellow]Interrupted:[/] run the same command again to resume the unfinished videos.")
+        raise typer.Exit(INTERRUPTED)
+    if record.failed:
+        console.print(f"[bold red]Failed:[/] {', '.join(record.failed)} (see batch.json for each error).", highlight=False)
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _batch_progress() -> Iterator[Callable[[str, dict], None]]:
+    """One bar over the frames of all videos, with the videos done, running and failed; yields ``on_event``."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.2f} frames/s"),
+        TextColumn("{task.fields[videos]}"),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    ]
+    progress = Progress(*columns, console=console, transient=False)
+    task = progress.add_task("Batch", total=None, videos="", fps=0.0, start=False)
+    first: dict[str, int] = {}
+
+    def on_event(kind: str, payload: dict) -> None:
+        if kind == "started":
+            progress.start()
+            progress.start_task(task)
+            progress.update(task, description=f"Batch ({payload['engine']}, {payload['workers']} workers)")
+        if kind in ("started", "progress"):
+            first.setdefault("frames", payload["frames_done"])  # frames done before this run do not count for speed
+            elapsed = progress.tasks[task].elapsed or 0.0
+            fps = (payload["frames_done"] - first["frames"]) / elapsed if elapsed else 0.0
+            videos = f"{payload.get('videos_done', 0)} done, {len(payload.get('running', {}))} running, {payload.get('videos_failed', 0)} failed"
+            progress.update(task, completed=payload["frames_done"], total=payload["frames_total"] or None, videos=videos, fps=fps)
+        if kind == "video_finished" and payload.get("status") == "failed":
+            progress.console.print(f"[red]{payload['name']} failed:[/] {payload.get('error', '')}", highlight=False)
+
+    try:
+        yield on_event
+    finally:
+        progress.stop()
+
+
+def _print_batch_table(record: Any) -> None:
+    table = Table(title=f"dinotrack batch: {record.status} ({record.engine}, {record.workers} workers, {record.model_loads} model loads)")
+    for column in ("video", "status", "frames", "frames/s", "J&F"):
+        table.add_column(column, justify="left" if column in ("video", "status") else "right")
+    for video in record.videos:
+        frames = f"{video['frames_done']}" + (f"/{video['frames_total']}" if video.get("frames_total") else "")
+        status = video["status"] + (" (reused)" if video.get("skipped") else "")
+        score = f"{100 * video['J&F-Mean']:.1f}" if "J&F-Mean" in video else ""
+        table.add_row(video["name"], status, frames, f"{video.get('fps', 0.0):.2f}", score)
+    Console().print(table)
 
 
 @app.command()

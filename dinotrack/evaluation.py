@@ -166,7 +166,9 @@ def evaluate(
     With two roots, the sequences are ``sequences`` if given, else every
     folder of ``pred`` that holds PNGs; each must exist on both sides. With a
     root on one side and a sequence folder on the other, the folder's name
-    picks the sequence (for a prediction folder, ``sequences[0]`` if given). ``binarize_predictions`` turns every id > 0 into object
+    picks the sequence (for a prediction folder, ``sequences[0]`` if given);
+    two sequence folders are named ``sequences[0]`` if given, else after the
+    ground truth's folder. ``binarize_predictions`` turns every id > 0 into object
     1, to score multi-object predictions against single-object (DAVIS-2016)
     ground truth. Prediction ids that are not objects of the ground truth are
     ignored and reported in ``report.warnings``.
@@ -196,10 +198,10 @@ def report_rows(report: EvalReport) -> list[dict[str, object]]:
     ]
 
 
-def write_json(report: EvalReport, path: str | os.PathLike) -> None:
-    """Write :meth:`EvalReport.to_dict` as indented JSON, atomically."""
+def write_json(report: EvalReport, path: str | os.PathLike, *, about: dict[str, object] | None = None) -> None:
+    """Write :meth:`EvalReport.to_dict` as indented JSON, atomically; ``about`` (e.g. the settings) is added first."""
     _writable(path)
-    atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps({**(about or {}), **report.to_dict()}, indent=2, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> EvalReport:
@@ -336,7 +338,7 @@ def _sequence_folders(pred: Path, gt: Path, sequences: Sequence[str] | None) -> 
             "Give the folder the tracker wrote its masks to."
         )
     if pred_is_sequence and gt_is_sequence:
-        return [(gt.name, pred, gt)]
+        return [(sequences[0] if sequences else gt.name, pred, gt)]
     if pred_is_sequence:
         name = sequences[0] if sequences else pred.name
         return [(name, pred, _sequence_folder(gt, name, "Ground-truth"))]

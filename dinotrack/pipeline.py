@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from dinotrack.backbones import Backbone, create_backbone, resolve_device
+from dinotrack.backbones import Backbone, create_backbone, get_backbone_spec, resolve_device, weights_source
 from dinotrack.confidence import ConfidenceLog, keyframe_confidence, object_confidence, sharp_drops
 from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
@@ -195,7 +195,7 @@ class _Stopwatch:
 
 
 class _SinkWriter:
-    """Hands each frame's label map to every sink on a worker thread.
+    """Hands each frame's prediction to every sink on a worker thread.
 
     At most ``depth`` frames wait; errors surface on the next call.
     """
@@ -207,17 +207,17 @@ class _SinkWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinotrack-writer")
         self._pending: list[Future] = []
 
-    def submit(self, frame: Frame, ids: np.ndarray, *, replay: bool = False) -> None:
+    def submit(self, frame: Frame, prediction: Prediction, *, replay: bool = False) -> None:
         """Queue a frame for every sink (with ``replay``: only the sinks that need the frames before a resume)."""
         sinks = [sink for sink in self.sinks if sink.replays or not replay]
-        self._pending.append(self._pool.submit(self._write, sinks, frame, ids))
+        self._pending.append(self._pool.submit(self._write, sinks, frame, prediction))
         while len(self._pending) > self.depth:
             self._pending.pop(0).result()
 
-    def _write(self, sinks: list[MaskSink], frame: Frame, ids: np.ndarray) -> None:
+    def _write(self, sinks: list[MaskSink], frame: Frame, prediction: Prediction) -> None:
         for sink in sinks:
             start = time.perf_counter()
-            sink.write(frame, ids)
+            sink.write(frame, prediction)
             self.stopwatch.add(sink.stage, time.perf_counter() - start)
 
     def close(self) -> None:
@@ -460,6 +460,7 @@ def track_video(
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
     if previous is not None and previous.status == "complete":
+        _check_same_run(planned_changes(previous, source, mask, options), output)
         log.info("%s already holds a complete run; nothing to resume.", output)
         return RunReport(output, previous)
     stopwatch = _Stopwatch()
@@ -472,7 +473,7 @@ def track_video(
     )
     done = 0
     if previous is not None:
-        _check_same_run(record, previous, output)
+        _check_same_run(record.changes_from(previous), output)
         done = _leading_masks(output / PngMasks.file, frames)
         record.resumed_at = done
     prepare_output(output, overwrite=overwrite)
@@ -490,7 +491,7 @@ def track_video(
     unsaved = _finish_record(record, run, stopwatch, started)
     if unsaved is not None:
         raise _output_fault(output, unsaved, run.frames_done, unsaved)
-    metrics = _evaluate_run(output, Path(gt)) if record.status == "complete" and gt is not None else None
+    metrics = _evaluate_run(output, Path(gt), frames) if record.status == "complete" and gt is not None else None
     if gt is not None:
         write_report(output)
     return RunReport(output, record, metrics)
@@ -663,9 +664,24 @@ class _Run:
             state_file.unlink(missing_ok=True)
 
 
-def _check_same_run(record: RunRecord, previous: RunRecord, output: Path) -> None:
+def planned_changes(previous: RunRecord, source: str | os.PathLike, mask: str | os.PathLike, options: RunOptions) -> list[str]:
+    """How ``previous`` differs from a run of ``source`` and ``mask`` with ``options``, known before any model loads.
+
+    Compares the inputs, preset, model, where the weights come from and the
+    settings that decide the masks (see :meth:`RunRecord.changes_from`); empty
+    when ``previous`` may be reused or resumed.
+    """
+    spec = get_backbone_spec(options.model)
+    planned = dataclasses.replace(
+        previous, source=str(Path(source).resolve()), mask=str(Path(mask).resolve()), preset=options.preset,
+        model=spec.name, weights={**previous.weights, "source": weights_source(spec, options.weights)},
+        settings={**previous.settings, **options.config.as_dict()},
+    )
+    return planned.changes_from(previous)
+
+
+def _check_same_run(changes: list[str], output: Path) -> None:
     """A resumed run must use the same input and settings as the run it continues."""
-    changes = record.changes_from(previous)
     if changes:
         raise UsageError(
             f"--resume: the run in {output} was made with other inputs or settings ({'; '.join(changes)}). "
@@ -693,8 +709,9 @@ def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.devi
     return True
 
 
-def _evaluate_run(output: Path, gt: Path) -> EvalReport:
-    report = evaluate(output / PngMasks.file, gt)
+def _evaluate_run(output: Path, gt: Path, frames: FrameSource) -> EvalReport:
+    """Score a complete run, named after its source (the video's stem or the frame folder's name)."""
+    report = evaluate(output / PngMasks.file, gt, sequences=[frames.path.stem if frames.kind == "video" else frames.path.name])
     write_json(report, output / METRIC_FILES["json"])
     write_csv(report, output / METRIC_FILES["csv"])
     _write_plot_if_possible(report, output / METRIC_FILES["plot"])
@@ -707,72 +724,6 @@ def _write_plot_if_possible(report: EvalReport, path: Path) -> None:
         write_plot(report, path)
     except DinotrackError as error:
         log.warning("%s", error)
-
-
-def benchmark_dataset(
-    root: str | os.PathLike,
-    output: str | os.PathLike,
-    options: RunOptions = RunOptions(),
-    *,
-    sequences: list[str] | None = None,
-    on_sequence: Callable[[str, int, int], None] | None = None,
-    on_progress: Progress | None = None,
-    stop: threading.Event | None = None,
-) -> EvalReport:
-    """Track every sequence of a DAVIS-layout dataset from its first annotation, then score them all.
-
-    ``root`` holds ``JPEGImages/480p/<seq>`` and ``Annotations/480p/<seq>``.
-    Each sequence's results go to ``output/<seq>/`` (tracked with its
-    ground truth, so scored, with an evaluated overlay unless
-    ``options.overlay`` says otherwise); a sequence whose ``run.json`` says
-    complete is not run again, an interrupted one is resumed. The backbone
-    is built once for all sequences. Writes ``global_results.csv``,
-    ``per-sequence_results.csv``, ``metrics.json``, ``metrics.png`` and
-    ``report.html`` to ``output``.
-    """
-    root, output = Path(root), Path(output)
-    frames_root, annotations_root = root / "JPEGImages" / "480p", root / "Annotations" / "480p"
-    for folder in (frames_root, annotations_root):
-        if not folder.is_dir():
-            raise UsageError(
-                f"{root} is not a DAVIS-layout dataset: {folder} is missing. "
-                "Give the folder that holds JPEGImages/480p/<sequence> and Annotations/480p/<sequence>."
-            )
-    names = sequences or sorted(p.name for p in frames_root.iterdir() if p.is_dir())
-    unknown = [name for name in names if not (frames_root / name).is_dir() or not (annotations_root / name).is_dir()]
-    if unknown or not names:
-        raise UsageError(
-            f"No frames or annotations for sequence(s) {', '.join(unknown) or '(none found)'} in {root}. "
-            f"Known sequences: {', '.join(sorted(p.name for p in frames_root.iterdir() if p.is_dir()))}."
-        )
-    report = EvalReport(objects=[])
-    backbone = None
-    for number, name in enumerate(names, start=1):
-        if on_sequence is not None:
-            on_sequence(name, number, len(names))
-        run_dir = output / name
-        annotations = sorted((annotations_root / name).glob("*.png"))
-        if not annotations:
-            raise UsageError(f"{annotations_root / name} holds no PNG annotation to start {name} from.")
-        status = RunRecord.read(run_dir).status if (run_dir / RUN_FILE).is_file() else None
-        sequence = None
-        if status != "complete":
-            backbone = backbone or load_backbone(options)
-            result = track_video(
-                frames_root / name, annotations[0], run_dir, options, gt=annotations_root / name, backbone=backbone,
-                resume=status is not None, on_progress=on_progress, stop=stop,
-            )
-            if result.status != "complete":
-                raise DinotrackError(f"Tracking {name} stopped ({result.status}); run the same command again to resume.")
-            sequence = result.metrics
-        sequence = sequence or evaluate(run_dir / PngMasks.file, annotations_root / name)
-        report.objects += sequence.objects
-        report.warnings += sequence.warnings
-    write_csv(report, output / "global_results.csv", per_sequence=output / "per-sequence_results.csv")
-    write_json(report, output / METRIC_FILES["json"])
-    _write_plot_if_possible(report, output / METRIC_FILES["plot"])
-    write_report(output)
-    return report
 
 
 def extract_features(

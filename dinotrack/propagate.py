@@ -176,7 +176,7 @@ class LabelPropagator:
         topk: int = 5,
         temperature: float = 0.2,
         neighbourhood: Neighbourhood = "circle",
-        keyframe_bound: int = 2,
+        keyframe_bound: int = 4,
         tile: int = 4,
     ) -> None:
         self.topk = topk

@@ -67,7 +67,7 @@ class TrackConfig:
     upsample: Upsample = "bilinear"
     minmax: bool = True
     refine: Refine = "none"
-    keyframe_bound: int = 2
+    keyframe_bound: int = 4
 
     def __post_init__(self) -> None:
         check_short_side(self.short_side)

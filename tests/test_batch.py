@@ -33,6 +33,7 @@ from dinotrack.batch import _cpu_layout, _gpus_per_worker, run_batch  # noqa: E4
 from dinotrack.manifest import VideoJob, read_jobs  # noqa: E402
 from dinotrack.masks import read_label_map  # noqa: E402
 from dinotrack.pipeline import RunOptions, track_video  # noqa: E402
+from dinotrack.records import RunRecord  # noqa: E402
 from dinotrack.structs import UsageError  # noqa: E402
 from dinotrack.testing import TINY  # noqa: E402
 
@@ -289,12 +290,22 @@ def test_without_ray_a_model_that_cannot_load_stops_the_batch_before_any_output(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_name_whose_folder_holds_another_videos_complete_run_is_failed_not_overwritten(no_ray, options, clips, tmp_path):
+def test_a_folder_holding_another_videos_run_is_refused_unless_overwrite(no_ray, options, clips, tmp_path):
     run_batch([VideoJob("clip", clips["eight"].source, MASK)], tmp_path / "out", options)
-    record = run_batch([VideoJob("clip", clips["twelve"].source, MASK)], tmp_path / "out", options)
-    assert record.status == "failed" and record.model_loads == 0
-    assert "holds a complete run of another video" in record.videos[0]["error"]
+    with pytest.raises(UsageError, match=r"other inputs or settings: clip \(source: .*eight -> .*twelve\).*--overwrite"):
+        run_batch([VideoJob("clip", clips["twelve"].source, MASK)], tmp_path / "out", options)
     assert len(list((tmp_path / "out" / "clip" / "masks").glob("*.png"))) == 8
+    record = run_batch([VideoJob("clip", clips["twelve"].source, MASK)], tmp_path / "out", options, overwrite=True)
+    assert record.status == "complete" and len(list((tmp_path / "out" / "clip" / "masks").glob("*.png"))) == 12
+
+
+def test_a_complete_run_with_other_settings_is_refused_unless_overwrite(no_ray, options, clips, tmp_path):
+    run_batch([clips["eight"]], tmp_path / "out", options)
+    with pytest.raises(UsageError, match=r"--topk: 5 -> 3"):
+        run_batch([clips["eight"]], tmp_path / "out", options.replace(topk=3))
+    record = run_batch([clips["eight"]], tmp_path / "out", options.replace(topk=3), overwrite=True)
+    assert record.status == "complete" and not record.videos[0].get("skipped")
+    assert RunRecord.read(tmp_path / "out" / clips["eight"].name).settings["topk"] == 3
 
 
 def test_without_ray_an_address_or_several_workers_ask_for_the_ray_extra(no_ray, options, clips, tmp_path):

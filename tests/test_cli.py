@@ -222,7 +222,7 @@ def test_cli_tunes_openmp_before_torch_loads(user_value, expected):
 def test_benchmark_davis_layout_is_resumable(tiny_weights: Path, davis: Path, tmp_path: Path):
     output = tmp_path / "bench"
     args = ["benchmark", davis, "--output", output, "--sequences", "car-shadow,blackswan", "--weights", tiny_weights,
-            *TINY, "--no-overlay"]
+            "--model", "dinotrack.testing:TINY", "--device", "cpu", "--short-side", "64", "--no-overlay"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     global_csv = (output / "global_results.csv").read_text().splitlines()

@@ -309,13 +309,27 @@ def test_writer_in_a_missing_folder_fails_at_once(tmp_path: Path) -> None:
 
 def test_encoder_failure_surfaces_and_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
     def broken(self, rgb):
-        raise OSError("disk full")
+        raise ValueError("bad frame")
 
     monkeypatch.setattr(sources._PyAVEncoder, "encode", broken)
     monkeypatch.setattr(sources._OpenCVEncoder, "encode", broken)
     path = tmp_path / "out.mp4"
     writer = VideoWriter(path, 24, (32, 48))
     writer.write(solid(0, (32, 48)))
-    with pytest.raises(DinotrackError, match="disk full"):
+    with pytest.raises(DinotrackError, match="bad frame"):
+        writer.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_under_the_encoder_reaches_the_caller_as_an_oserror(tmp_path: Path, monkeypatch) -> None:
+    """The caller (the pipeline) words it with what it knows: what was kept, how to resume."""
+    def full(self, rgb):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sources._PyAVEncoder, "encode", full)
+    monkeypatch.setattr(sources._OpenCVEncoder, "encode", full)
+    writer = VideoWriter(tmp_path / "out.mp4", 24, (32, 48))
+    writer.write(solid(0, (32, 48)))
+    with pytest.raises(OSError, match="No space left"):
         writer.close()
     assert not list(tmp_path.iterdir())

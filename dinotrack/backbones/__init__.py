@@ -19,7 +19,7 @@ huggingface_hub are imported only when a model is built.
 """
 
 from dinotrack.backbones.devices import resolve_device
-from dinotrack.backbones.model import Backbone, create_backbone
+from dinotrack.backbones.model import Backbone, create_backbone, weights_source
 from dinotrack.backbones.registry import (
     LVD1689M_MEAN,
     LVD1689M_STD,
@@ -45,4 +45,5 @@ __all__ = [
     "register_backbone",
     "resolve_device",
     "unregister_backbone",
+    "weights_source",
 ]

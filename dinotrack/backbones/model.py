@@ -85,15 +85,22 @@ def create_backbone(
     """
     spec = get_backbone_spec(model)
     target = resolve_device(device)
+    source = weights_source(spec, weights, pretrained=pretrained)
     if weights is not None:
         path = existing_file(weights, spec)
-        source = f"file:{path}"
     elif pretrained:
         path = hub_weights_file(spec)
-        source = f"hub:{spec.hub_id}"
     else:
         vit = timm_model(spec)
         set_rope_periods(vit, None)
-        return Backbone(vit.to(target), spec, weights_source="random", weights_sha256=None)
+        return Backbone(vit.to(target), spec, weights_source=source, weights_sha256=None)
     vit = load_model(spec, path, target)
     return Backbone(vit, spec, weights_source=source, weights_sha256=file_sha256(path))
+
+
+def weights_source(spec: BackboneSpec, weights: str | Path | None = None, *, pretrained: bool = True) -> str:
+    """Where :func:`create_backbone` takes the weights from, as recorded: ``"file:<absolute path>"``,
+    ``"hub:<repository>"`` or ``"random"``. Known without loading anything."""
+    if weights is not None:
+        return f"file:{Path(weights).expanduser().resolve()}"
+    return f"hub:{spec.hub_id}" if pretrained else "random"

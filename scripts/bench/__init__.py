@@ -1,0 +1,1 @@
+"""The parts of scripts/benchmark.py, one module each (see its docstring)."""
