@@ -49,6 +49,11 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+class Direction(str, Enum):
+    forward = "forward"
+    both = "both"
+
+
 class Overlay(str, Enum):
     auto = "auto"
     plain = "plain"
@@ -89,6 +94,14 @@ OverlayOpt = Annotated[
         help="What overlay.mp4 shows: plain (prediction, area and confidence per object), evaluated (missed and "
         "wrong pixels against the ground truth, J and F per frame), side-by-side (prediction | ground truth), "
         "none. auto: evaluated with ground truth, else plain.",
+    ),
+]
+DirectionOpt = Annotated[
+    Direction,
+    typer.Option(
+        "--direction",
+        help="Frames between two keyframes: both = tracked from the keyframe before and the one after, the two "
+        "fused; forward = from the one before only. Frames before the first keyframe are tracked backward.",
     ),
 ]
 NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4 (same as --overlay none).")]
@@ -182,8 +195,12 @@ def _progress(description: str) -> Iterator[tuple[Callable[[int, "int | None"], 
 @app.command()
 def track(
     source: Annotated[Path, typer.Argument(help="A video file (mp4, avi, mov, mkv, webm) or a folder of frames (jpg/png, sorted by name).")],
-    mask: Annotated[Path, typer.Option("--mask", help="First frame's label map (PNG: indexed ids or 0/255 grayscale), or a folder of keyframe masks named like the frames.")],
+    mask: Annotated[Path, typer.Option("--mask", help="One frame's label map (PNG: indexed ids or 0/255 grayscale; the first frame's unless --mask-frame says), or a folder of keyframe masks named like the frames.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for masks/, overlay.mp4, run.json (and metrics with --gt).")],
+    mask_frame: Annotated[Optional[str], typer.Option("--mask-frame", help="The frame a single --mask file belongs to: its name or its index from 0. Default: the first frame.")] = None,
+    start: Annotated[Optional[str], typer.Option("--start", help="Track from this frame on (name or index from 0; default the first).")] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Track up to this frame, included (name or index; default the last).")] = None,
+    direction: DirectionOpt = Direction.both,
     model: Model = "vits16",
     weights: Weights = None,
     short_side: ShortSide = None,
@@ -205,7 +222,7 @@ def track(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output from its last frame (same options).")] = False,
     debug: Debug = False,
 ) -> None:
-    """Track the objects of the first frame's mask through a video."""
+    """Track the objects of keyframe masks (on any frames) through a video."""
     with _reported(debug):
         from dinotrack.pipeline import RunOptions, track_video
 
@@ -215,11 +232,12 @@ def track(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            direction=direction.value,
         )
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
                 source, mask, output, options, gt=gt, features=features, overwrite=overwrite, resume=resume,
-                on_progress=on_progress, stop=stop,
+                mask_frame=mask_frame, start=start, end=end, on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
         if gt is not None:
@@ -341,6 +359,7 @@ def batch(
     compile_model: Compile = False,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    direction: DirectionOpt = Direction.both,
     address: Address = None,
     num_workers: NumWorkers = None,
     gpus_per_worker: GpusPerWorker = None,
@@ -355,6 +374,7 @@ def batch(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            direction=direction.value,
         )
         _run_batch(jobs, output, options, sequences=sequences, address=address, num_workers=num_workers,
                    gpus_per_worker=gpus_per_worker, overwrite=overwrite)

@@ -23,7 +23,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,6 +160,7 @@ def evaluate(
     all_frames: bool = False,
     sequences: Sequence[str] | None = None,
     binarize_predictions: bool = False,
+    frames: Collection[str] | None = None,
 ) -> EvalReport:
     """Score the predicted masks in ``pred`` against the ground truth in ``gt``.
 
@@ -171,7 +172,9 @@ def evaluate(
     ground truth's folder. ``binarize_predictions`` turns every id > 0 into object
     1, to score multi-object predictions against single-object (DAVIS-2016)
     ground truth. Prediction ids that are not objects of the ground truth are
-    ignored and reported in ``report.warnings``.
+    ignored and reported in ``report.warnings``. ``frames``: score only the
+    ground-truth frames of these names (a run over part of a video); the
+    first and last of them are left out as usual.
 
     Raises :class:`UsageError` for missing folders or frames, empty prediction
     folders and frames whose sizes differ.
@@ -180,7 +183,8 @@ def evaluate(
     report = EvalReport(objects=[])
     for name, pred_dir, gt_dir in pairs:
         report.objects += _evaluate_sequence(
-            name, pred_dir, gt_dir, all_frames=all_frames, binarize=binarize_predictions, warnings=report.warnings
+            name, pred_dir, gt_dir, all_frames=all_frames, binarize=binarize_predictions, warnings=report.warnings,
+            only=frames,
         )
     if not report.objects:
         raise UsageError(
@@ -263,9 +267,10 @@ def _writable(path: str | os.PathLike) -> None:
 
 
 def _evaluate_sequence(
-    name: str, pred_dir: Path, gt_dir: Path, *, all_frames: bool, binarize: bool, warnings: list[str]
+    name: str, pred_dir: Path, gt_dir: Path, *, all_frames: bool, binarize: bool, warnings: list[str],
+    only: Collection[str] | None = None,
 ) -> list[ObjectResult]:
-    frames = _frame_names(gt_dir)
+    frames = [frame for frame in _frame_names(gt_dir) if only is None or frame in only]
     if not frames:
         raise UsageError(
             f"Ground-truth folder {gt_dir} holds no PNG masks. Point GT at the annotations of the sequences."
