@@ -660,7 +660,7 @@ class _Run:
         backward = Tracker(self.tracker.config)
         backward.add_mask(mask, features)
         for index, _ in reversed(self.spill.waiting):
-            self.spill.put_backward(index, backward.propagate(self.spill.features(index, self.device, features.dtype)))
+            self.spill.put_backward(index, backward.propagate(self.spill.features(index, self.device)))
         return list(backward.labels), backward.objects
 
     def _check_no_frame_waits(self) -> None:
