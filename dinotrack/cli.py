@@ -97,7 +97,7 @@ OverlayOpt = Annotated[
 ]
 NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4 (same as --overlay none).")]
 ExportOpt = Annotated[
-    Optional[list[Export]],
+    Optional[Export],
     typer.Option("--export", help="Also write the masks as coco: annotations.coco.json (RLE per object per frame), when the run completes."),
 ]
 LabelsOpt = Annotated[
@@ -106,11 +106,11 @@ LabelsOpt = Annotated[
 ]
 
 
-def _export_options(export: list[Export] | None, labels: Path | None) -> dict[str, Any]:
+def _export_options(export: Export | None, labels: Path | None) -> dict[str, Any]:
     """``RunOptions`` fields of ``--export`` and ``--labels`` (the labels file read and checked now)."""
     from dinotrack.coco import read_labels
 
-    return {"export": tuple(dict.fromkeys(item.value for item in export or [])), "labels": read_labels(labels) if labels else {}}
+    return {"export": (export.value,) if export else (), "labels": read_labels(labels) if labels else {}}
 
 
 def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:

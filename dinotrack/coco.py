@@ -45,7 +45,7 @@ from pycocotools import mask as mask_utils
 from dinotrack.files import atomic_write_text, partial_path
 from dinotrack.inputs import path_problem, printable, too_many_pixels
 from dinotrack.masks import MAX_ID, object_ids, read_label_map, write_label_map
-from dinotrack.structs import UsageError
+from dinotrack.structs import DinotrackError, UsageError
 
 COCO_FILE = "annotations.coco.json"
 MAX_COCO_BYTES = 256 * 1024 * 1024
@@ -88,9 +88,13 @@ class CocoWriter:
             })
             self.ids.add(object_id)
 
-    def as_dict(self) -> dict:
-        """The COCO instances dict; a :class:`UsageError` if the labels name ids that no frame holds."""
+    def check(self) -> None:
+        """A :class:`UsageError` if the labels name ids that no frame holds."""
         check_labels(self.labels, self.ids, "the masks")
+
+    def as_dict(self) -> dict:
+        """The COCO instances dict (checked first)."""
+        self.check()
         categories = [{"id": i, "name": category_name(i, self.labels), "supercategory": ""} for i in sorted(self.ids)]
         return {
             "info": {"description": "dinotrack masks", "contributor": "", "url": "", "version": "", "year": "", "date_created": ""},
@@ -463,7 +467,13 @@ def convert(source: Path, destination: Path, *, labels: Mapping[int, str] | None
     if labels and not to_coco:
         raise UsageError("--labels names the categories of a COCO file written; converting COCO to PNG masks takes none.")
     _check_destination(destination, overwrite=overwrite, folder=not to_coco)
-    return masks_to_coco(source, destination, labels) if to_coco else coco_to_masks(source, destination)
+    try:
+        return masks_to_coco(source, destination, labels) if to_coco else coco_to_masks(source, destination)
+    except OSError as error:
+        raise DinotrackError(
+            f"Writing {destination} failed: {error.strerror or error}. Nothing was written there; free some space "
+            "or choose a folder you can write to, then convert again."
+        ) from None
 
 
 def _check_destination(destination: Path, *, overwrite: bool, folder: bool) -> None:
@@ -485,6 +495,8 @@ def masks_to_coco(folder: Path, destination: Path, labels: Mapping[int, str] | N
     writer = CocoWriter(labels)
     for file in files:
         writer.add(f"{file.stem}.png", read_label_map(file))
+    writer.check()
+    destination.parent.mkdir(parents=True, exist_ok=True)
     writer.write(destination)
     return len(files)
 

@@ -13,12 +13,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from conftest import SAMPLE
-from dinotrack.batch import run_batch
 from dinotrack.coco import COCO_FILE, CocoWriter, read_coco
-from dinotrack.manifest import VideoJob
 from dinotrack.masks import read_label_map, write_label_map
 from dinotrack.pipeline import RunOptions, track_video
-from dinotrack.testing import TINY as TINY_SPEC
 from test_errors import (  # noqa: F401 - ws is a fixture
     FRAME_SIZE,
     Workspace,
@@ -140,10 +137,11 @@ def test_convert_round_trips_exactly(tmp_path: Path):
     write_masks(tmp_path / "masks", maps)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"1": "person", "200": "ball"}))
-    result = invoke(["convert", tmp_path / "masks", tmp_path / "a.json", "--labels", labels])
+    result = invoke(["convert", tmp_path / "masks", tmp_path / "new" / "a.json", "--labels", labels])
     assert result[0] == 0, result[1]
-    names = {c["id"]: c["name"] for c in COCO(str(tmp_path / "a.json")).loadCats([1, 7, 200])}
+    names = {c["id"]: c["name"] for c in COCO(str(tmp_path / "new" / "a.json")).loadCats([1, 7, 200])}
     assert names == {1: "person", 7: "object_7", 200: "ball"}
+    (tmp_path / "new" / "a.json").rename(tmp_path / "a.json")
     assert invoke(["convert", tmp_path / "a.json", tmp_path / "back"])[0] == 0
     back = masks_in(tmp_path / "back")
     assert sorted(back) == ["00000", "00001", "00002", "00003"]
@@ -220,14 +218,20 @@ def test_complete_run_gets_its_export_from_the_masks_on_disk(tiny_weights: Path,
     assert_coco_matches_masks(tmp_path / "run", 60)
 
 
-def test_batch_exports_coco_and_takes_a_coco_mask(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_batch_takes_a_coco_mask_and_exports_coco_even_for_a_complete_run(tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # the in-process engine
     first = read_label_map(MASK)
-    keyframe = coco_file(tmp_path / "key.json", [image(1, "00000.png", first.shape)], [rle_annotation(1, first, 1)])
-    options = RunOptions(model=TINY_SPEC, weights=tiny_weights, device="cpu", short_side=64, overlay="none", export=("coco",))
-    record = run_batch([VideoJob("shapes", VIDEO, keyframe)], tmp_path / "batch", options)
-    assert record.status == "complete", record.as_dict()
+    coco_file(tmp_path / "key.json", [image(1, "00000.png", first.shape)], [rle_annotation(1, first, 1)])
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"source": str(VIDEO), "mask": "key.json", "name": "shapes"}) + "\n")
+    (tmp_path / "labels.json").write_text(json.dumps({"1": "circle"}))
+    args = ["batch", tmp_path / "jobs.jsonl", "--output", tmp_path / "batch", "--model", "dinotrack.testing:TINY",
+            "--weights", tiny_weights, "--device", "cpu", "--short-side", "64", "--no-overlay"]
+    assert invoke(args)[0] == 0
+    assert not (tmp_path / "batch" / "shapes" / COCO_FILE).exists()
+    status, output = invoke([*args, "--export", "coco", "--labels", tmp_path / "labels.json"])  # the complete run gets its export
+    assert status == 0, output
     assert_coco_matches_masks(tmp_path / "batch" / "shapes", 60)
+    assert COCO(str(tmp_path / "batch" / "shapes" / COCO_FILE)).loadCats([1])[0]["name"] == "circle"
 
 
 # --- bad and hostile input -------------------------------------------------------------------------------------------
@@ -315,6 +319,17 @@ def convert_png_folder_to_a_folder(ws: Workspace) -> list[object]:
     return ["convert", ws.frames, ws.output]
 
 
+def labels_file(ws: Workspace, text: str) -> Path:
+    (ws.root / "labels.json").write_text(text)
+    return ws.root / "labels.json"
+
+
+def convert_labels_of_absent_ids(ws: Workspace) -> list[object]:
+    (ws.root / "masks").mkdir()
+    write_label_map(ws.root / "masks" / "00000.png", two_objects())
+    return ["convert", ws.root / "masks", ws.output / "a.json", "--labels", labels_file(ws, '{"3": "cat"}')]
+
+
 CASES = {
     "malformed-json": (malformed, ("key.json", "not valid JSON", "line 1")),
     "unknown-image-id": (unknown_image_id, ("annotations[0]", "image_id 5", "does not list")),
@@ -322,6 +337,10 @@ CASES = {
     "size-unlike-the-frames": (other_size, ("32x24", "64x48", "original size")),
     "two-objects-on-a-pixel": (overlapping, ("frame '00001'", "objects 1, 2 and 3", "same 96 pixel(s)")),
     "labels-of-absent-ids": (labels_of_absent_ids, ("--labels", "5, 9", "lack", "they hold 1, 2")),
+    "labels-not-ids": (lambda ws: ws.track("--export", "coco", "--labels", labels_file(ws, '{"person": 1}')),
+                       ("labels.json", "maps 'person' to 1", "object id 1..254")),
+    "labels-without-export": (lambda ws: ws.track("--labels", labels_file(ws, '{"1": "a"}')), ("--labels", "--export coco")),
+    "convert-labels-of-absent-ids": (convert_labels_of_absent_ids, ("--labels", "id(s) 3", "the masks lack")),
     "huge-counts": (huge_counts, ("annotations[0]", "100,000 characters", "H*W + 16 = 3,088", "not decoded")),
     "million-point-polygon": (million_point_polygon, ("1,000,000 vertices", "H*W = 3,072", "not drawn")),
     "long-outline": (long_outline, ("outlines", "pixels long", "H*W = 3,072", "not drawn")),
