@@ -15,7 +15,9 @@ or uncompressed RLE, or polygons) into a ``[H, W] uint8`` label map. An
 annotation's object id is its ``track_id`` when present, else its
 ``category_id``. Every limit is checked before pycocotools decodes anything:
 
-- the file may be at most :data:`MAX_COCO_BYTES` long;
+- the file may be at most :data:`MAX_COCO_BYTES` long, with at most
+  :data:`MAX_ANNOTATIONS_PER_IMAGE` annotations on an image (each one is
+  decoded at the image's full size);
 - an RLE may have at most H*W + 1 runs, and a compressed ``counts`` string at
   most H*W + 16 characters (pycocotools writes one character per run of
   fewer than 16 pixels, more for longer runs, so no mask needs more);
@@ -50,6 +52,8 @@ from dinotrack.structs import DinotrackError, UsageError
 COCO_FILE = "annotations.coco.json"
 MAX_COCO_BYTES = 256 * 1024 * 1024
 """Largest COCO file read (256 MiB). A 1500-frame video with five objects exports about 10 MB."""
+MAX_ANNOTATIONS_PER_IMAGE = 1024
+"""Most annotations on one image: four per possible object id, and more than any label editor writes."""
 _RLE_SLACK = 16
 _CVAT_FRAME = re.compile(r"frame_(\d+)")
 """How CVAT names the frames of a video task (``frame_000012``)."""
@@ -243,7 +247,13 @@ def read_coco(path: str | os.PathLike) -> CocoInstances:
         problem = _annotation_problem(annotation, image.size)
         if problem:
             raise _coco_error(path, f"annotations[{position}] (on {image.where}) {problem}")
-        coco.annotations.setdefault(image.id, []).append((position, annotation))
+        on_image = coco.annotations.setdefault(image.id, [])
+        if len(on_image) == MAX_ANNOTATIONS_PER_IMAGE:
+            raise _coco_error(
+                path, f"annotations[{position}] is one annotation too many on {image.where}: at most "
+                f"{MAX_ANNOTATIONS_PER_IMAGE} (MAX_ANNOTATIONS_PER_IMAGE) are read per image, each decoded at the image's size"
+            )
+        on_image.append((position, annotation))
     return coco
 
 

@@ -344,6 +344,8 @@ CASES = {
     "huge-counts": (huge_counts, ("annotations[0]", "100,000 characters", "H*W + 16 = 3,088", "not decoded")),
     "million-point-polygon": (million_point_polygon, ("1,000,000 vertices", "H*W = 3,072", "not drawn")),
     "long-outline": (long_outline, ("outlines", "pixels long", "H*W = 3,072", "not drawn")),
+    "too-many-annotations": (lambda ws: ws.track(mask=keyframe_json(ws, [image(1, "00000.png")], good_annotations() * 513)),
+                             ("annotations[1024]", "one annotation too many", "at most 1024")),
     "runs-short-of-the-image": (short_counts, ("does not decode", "do not cover the 64x48 pixels")),
     "convert-parent": (convert_named("../../etc/x.png"), ("images[1]", "climbs out of its folder")),
     "convert-absolute": (convert_named("/etc/passwd"), ("images[1]", "absolute path")),
