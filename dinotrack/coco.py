@@ -437,11 +437,14 @@ def keyframe_loaders(
 ) -> dict[int, Callable[[], np.ndarray]]:
     """Per frame index, a loader of the ``[H, W] uint8`` keyframe that ``coco`` gives it.
 
-    ``frames`` maps frame names to indices. Every image must name a frame and
-    have the frames' ``(H, W)`` size, and every keyframe is decoded once now
-    (then dropped), so that overlaps are found before any output exists.
+    ``frames`` maps frame names to indices. Every image must name a frame of
+    its own and have the frames' ``(H, W)`` size. Only images with
+    annotations are keyframes: editors list every frame of a task, annotated
+    or not. Every keyframe is decoded once now (then dropped), so that
+    overlaps are found before any output exists.
     """
     loaders: dict[int, Callable[[], np.ndarray]] = {}
+    named: dict[int, CocoImage] = {}
     for image in coco.images:
         index = frame_of(image.stem, frames, video=video)
         if index is None:
@@ -449,13 +452,20 @@ def keyframe_loaders(
                 f"COCO file {coco.path}: {image.where} names no frame of the video (frames are named like "
                 f"{', '.join(list(frames)[:3])}, ...). Give the annotations of this video, with file names whose stems are the frames' names."
             )
+        if index in named:
+            raise UsageError(
+                f"COCO file {coco.path}: {image.where} and {named[index].where} name the same frame. "
+                "Give each frame's annotations once."
+            )
         if image.size != frame_size:
             raise UsageError(
                 f"COCO file {coco.path}: {image.where} is {image.size[1]}x{image.size[0]}, but the frames are "
                 f"{frame_size[1]}x{frame_size[0]}. Export the annotations of frames at their original size."
             )
-        coco.label_map(image)
-        loaders[index] = lambda image=image: coco.label_map(image)
+        named[index] = image
+        if coco.annotations.get(image.id):
+            coco.label_map(image)
+            loaders[index] = lambda image=image: coco.label_map(image)
     return loaders
 
 

@@ -193,7 +193,8 @@ def test_track_exports_coco_of_every_frame(tiny_weights: Path, tmp_path: Path):
 def test_coco_keyframe_gives_the_masks_of_the_same_png_keyframe(tiny_weights: Path, tmp_path: Path):
     first = read_label_map(MASK)
     annotations = [rle_annotation(1, first, i, id=n + 1) for n, i in enumerate(np.unique(first)[1:].tolist())]
-    keyframe = coco_file(tmp_path / "key.json", [image(1, "frame_000000.PNG", first.shape)], annotations)  # CVAT's video frame name
+    frames = [image(n + 1, f"frame_{n:06d}.PNG", first.shape) for n in range(60)]  # CVAT names a video's frames so and lists them all
+    keyframe = coco_file(tmp_path / "key.json", frames, annotations)
     assert track(tmp_path / "png", tiny_weights, MASK)[0] == 0
     status, output = track(tmp_path / "coco", tiny_weights, keyframe)
     assert status == 0, output
@@ -333,6 +334,8 @@ def convert_labels_of_absent_ids(ws: Workspace) -> list[object]:
 CASES = {
     "malformed-json": (malformed, ("key.json", "not valid JSON", "line 1")),
     "unknown-image-id": (unknown_image_id, ("annotations[0]", "image_id 5", "does not list")),
+    "two-images-of-a-frame": (lambda ws: ws.track(mask=keyframe_json(ws, [image(1, "00000.png"), image(2, "x/00000.jpg")], good_annotations())),
+                              ("images[1]", "images[0]", "name the same frame once case is folded")),
     "file-name-of-no-frame": (no_such_frame, ("images[1]", "elsewhere.png", "names no frame")),
     "size-unlike-the-frames": (other_size, ("32x24", "64x48", "original size")),
     "two-objects-on-a-pixel": (overlapping, ("frame '00001'", "objects 1, 2 and 3", "same 96 pixel(s)")),
