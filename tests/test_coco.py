@@ -203,6 +203,14 @@ def test_coco_keyframe_gives_the_masks_of_the_same_png_keyframe(tiny_weights: Pa
     assert all(np.array_equal(png[stem], coco[stem]) for stem in png)
 
 
+def test_a_video_frame_named_twice_is_refused(tiny_weights: Path, tmp_path: Path):
+    first = read_label_map(MASK)
+    images = [image(1, "00000.png", first.shape), image(2, "frame_000000.PNG", first.shape)]
+    keyframe = coco_file(tmp_path / "key.json", images, [rle_annotation(1, first, 1)])
+    assert_reported(*track(tmp_path / "run", tiny_weights, keyframe), 2, ("images[1]", "images[0]", "name the same frame"))
+    assert_nothing_written(tmp_path / "run")
+
+
 def test_resumed_run_exports_every_frame(tiny_weights: Path, tmp_path: Path):
     options = RunOptions(model="tiny", weights=tiny_weights, device="cpu", short_side=64, overlay="none", export=("coco",))
     stop, on_progress = stop_after(20)
