@@ -527,7 +527,7 @@ class _Driver:
             changes = planned_changes(run, job.source, job.mask, options) if run is not None else []
             if changes and not overwrite:
                 stale.append(f"{job.name} ({'; '.join(changes)})")
-            elif run is not None and run.status == "complete" and not changes:
+            elif run is not None and run.status == "complete" and not changes and _has_exports(output / job.name, options):
                 self.videos[job.name].update(_reused_entry(run, output / job.name))
             else:
                 tasks.append(_Task(job, _estimate_frames(job.source), fresh=bool(changes) or run is None))
@@ -685,6 +685,11 @@ def _read_run(run_dir: Path) -> RunRecord | None:
         return RunRecord.read(run_dir)
     except UsageError:
         return None
+
+
+def _has_exports(run_dir: Path, options: RunOptions) -> bool:
+    """Whether a complete run holds the exports asked for (if not, resuming it writes them from its masks)."""
+    return all((run_dir / name).is_file() for name in options.export_files)
 
 
 def _reused_entry(run: RunRecord, run_dir: Path) -> dict:

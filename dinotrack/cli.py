@@ -49,6 +49,10 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+class Export(str, Enum):
+    coco = "coco"
+
+
 class Overlay(str, Enum):
     auto = "auto"
     plain = "plain"
@@ -92,6 +96,21 @@ OverlayOpt = Annotated[
     ),
 ]
 NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4 (same as --overlay none).")]
+ExportOpt = Annotated[
+    Optional[Export],
+    typer.Option("--export", help="Also write the masks as coco: annotations.coco.json (RLE per object per frame), when the run completes."),
+]
+LabelsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--labels", help='JSON file naming the object ids for --export coco, e.g. {"1": "person", "2": "dog"}. Default: object_<id>.'),
+]
+
+
+def _export_options(export: Export | None, labels: Path | None) -> dict[str, Any]:
+    """``RunOptions`` fields of ``--export`` and ``--labels`` (the labels file read and checked now)."""
+    from dinotrack.coco import read_labels
+
+    return {"export": (export.value,) if export else (), "labels": read_labels(labels) if labels else {}}
 
 
 def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:
@@ -182,7 +201,7 @@ def _progress(description: str) -> Iterator[tuple[Callable[[int, "int | None"], 
 @app.command()
 def track(
     source: Annotated[Path, typer.Argument(help="A video file (mp4, avi, mov, mkv, webm) or a folder of frames (jpg/png, sorted by name).")],
-    mask: Annotated[Path, typer.Option("--mask", help="First frame's label map (PNG: indexed ids or 0/255 grayscale), or a folder of keyframe masks named like the frames.")],
+    mask: Annotated[Path, typer.Option("--mask", help="First frame's label map (PNG: indexed ids or 0/255 grayscale), a folder of keyframe masks named like the frames, or a COCO instances .json (RLE or polygons) of one or more frames.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for masks/, overlay.mp4, run.json (and metrics with --gt).")],
     model: Model = "vits16",
     weights: Weights = None,
@@ -201,6 +220,8 @@ def track(
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png and report.html.")] = None,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    export: ExportOpt = None,
+    labels: LabelsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output from its last frame (same options).")] = False,
     debug: Debug = False,
@@ -215,6 +236,7 @@ def track(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            **_export_options(export, labels),
         )
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
@@ -341,6 +363,8 @@ def batch(
     compile_model: Compile = False,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    export: ExportOpt = None,
+    labels: LabelsOpt = None,
     address: Address = None,
     num_workers: NumWorkers = None,
     gpus_per_worker: GpusPerWorker = None,
@@ -355,6 +379,7 @@ def batch(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            **_export_options(export, labels),
         )
         _run_batch(jobs, output, options, sequences=sequences, address=address, num_workers=num_workers,
                    gpus_per_worker=gpus_per_worker, overwrite=overwrite)
@@ -450,6 +475,22 @@ def report(
         from dinotrack.report import write_report
 
         console.print(f"Wrote {write_report(directory, output)}")
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="A folder of palette PNG masks, or a COCO instances .json file.")],
+    destination: Annotated[Path, typer.Argument(help="The COCO .json to write (from a folder), or the new masks folder (from a .json).")],
+    labels: Annotated[Optional[Path], typer.Option("--labels", help='Names of the object ids for a COCO file written, e.g. {"1": "person"}.')] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DESTINATION if it exists.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Convert masks between a folder of palette PNGs and a COCO instances file (RLE), either way, exactly."""
+    with _reported(debug):
+        from dinotrack.coco import convert, read_labels
+
+        written = convert(source, destination, labels=read_labels(labels) if labels else None, overwrite=overwrite)
+        console.print(f"Wrote {written} frame(s) to {destination}")
 
 
 @app.command()

@@ -17,6 +17,7 @@ already-built backbone, so that one loaded model can serve many videos:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from dinotrack.backbones import Backbone, create_backbone, get_backbone_spec, resolve_device, weights_source
+from dinotrack.coco import COCO_FILE, CocoWriter, check_labels, keyframe_loaders, read_coco
 from dinotrack.confidence import ConfidenceLog, keyframe_confidence, object_confidence, sharp_drops
 from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
 from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
@@ -43,6 +45,7 @@ from dinotrack.records import RUN_FILE, RunRecord, library_versions
 from dinotrack.report import REPORT_FILE, write_report
 from dinotrack.sinks import (
     SINK_TYPES,
+    CocoAnnotations,
     EvaluatedPainter,
     GroundTruth,
     MaskSink,
@@ -69,6 +72,8 @@ RESULT_FILES = (RUN_FILE, STATE_FILE, *(sink.file for sink in SINK_TYPES), *METR
 """Everything a run may leave in its folder: another run's results are recognised by these."""
 OverlayChoice = Literal["auto", "plain", "evaluated", "side-by-side", "none"]
 """``overlay.mp4``'s pictures: see :class:`RunOptions`."""
+ExportFormat = Literal["coco"]
+"""Extra result files ``--export`` may ask for: ``coco`` writes :data:`~dinotrack.coco.COCO_FILE`."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,10 @@ class RunOptions:
     each object's area and confidence), ``"evaluated"`` (against the ground
     truth: missed and wrongly claimed pixels, J and F per frame),
     ``"side-by-side"`` (prediction | ground truth), ``"none"`` (no video), or
-    ``"auto"``: evaluated with ground truth, plain without. ``tweaks``: any other
+    ``"auto"``: evaluated with ground truth, plain without. ``export``: extra
+    formats of the masks, written when the run completes (``("coco",)``:
+    ``annotations.coco.json``); ``labels``: ``{object id: name}`` for the
+    COCO categories (every id named must be in the keyframes). ``tweaks``: any other
     :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
     experiments; the record's ``settings`` show the result.
     """
@@ -104,6 +112,8 @@ class RunOptions:
     workers: int | None = None
     compile: bool = False
     overlay: OverlayChoice = "auto"
+    export: tuple[ExportFormat, ...] = ()
+    labels: Mapping[int, str] = field(default_factory=dict)
     tweaks: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -114,6 +124,16 @@ class RunOptions:
             raise UsageError(f"--workers must be at least 1 (got {self.workers}).")
         if self.overlay not in get_args(OverlayChoice):
             raise UsageError(f"--overlay must be one of {', '.join(get_args(OverlayChoice))} (got {self.overlay!r}).")
+        unknown = set(self.export) - set(get_args(ExportFormat))
+        if unknown:
+            raise UsageError(f"--export must be one of {', '.join(get_args(ExportFormat))} (got {', '.join(sorted(unknown))}).")
+        if self.labels and "coco" not in self.export:
+            raise UsageError("--labels names the categories of the COCO export: pass --export coco with it.")
+
+    @property
+    def export_files(self) -> list[str]:
+        """The files ``export`` adds to a run's folder."""
+        return [COCO_FILE] if "coco" in self.export else []
 
     @property
     def config(self) -> TrackConfig:
@@ -240,27 +260,50 @@ def _close_all(sinks: list[MaskSink]) -> None:
 
 
 class Keyframes:
-    """Keyframe masks by frame index, from a PNG (the first frame's) or a folder of PNGs named like the frames.
+    """Keyframe masks by frame index, from a PNG (the first frame's), a folder of PNGs named like the
+    frames, or a COCO instances file (``.json``, see :mod:`dinotrack.coco`).
 
-    Files are read when their frame comes, except the first, which is read
-    and checked at once (it must hold an object), before any output exists.
+    ``loaders`` maps each keyframe's index to what reads its mask. Masks are
+    read when their frame comes, except the first, which is read and checked
+    at once (it must hold an object), before any output exists.
     """
 
     def __init__(self, path: Path, source: FrameSource) -> None:
         self.frame_size = source.size
-        self.files = _keyframe_files(path, source) if path.is_dir() else {0: path}
-        self._first = read_keyframe(self.files[0], self.frame_size)
+        self.loaders = _keyframe_loaders(path, source)
+        self._first = self.loaders[0]()
         if not object_ids(self._first):
             raise UsageError(
-                f"The first frame's mask {self.files[0]} holds no object: every pixel is background (0). "
+                f"The first frame's mask in {path} holds no object: every pixel is background (0). "
                 "Give a mask in which each object to track has its own non-zero id."
             )
 
     def get(self, index: int) -> np.ndarray | None:
         """``[H, W] uint8`` ids of frame ``index``'s mask at the frame size; ``None`` if it has none."""
-        if index not in self.files:
+        if index not in self.loaders:
             return None
-        return self._first if index == 0 else read_keyframe(self.files[index], self.frame_size)
+        return self._first if index == 0 else self.loaders[index]()
+
+    def object_ids(self) -> set[int]:
+        """The ids of every keyframe's objects (each mask read once more)."""
+        return {object_id for index in self.loaders for object_id in object_ids(self.get(index))}
+
+
+def _keyframe_loaders(path: Path, source: FrameSource) -> dict[int, Callable[[], np.ndarray]]:
+    if path.suffix.lower() == ".json" and not path.is_dir():
+        return _coco_keyframes(path, source)
+    files = _keyframe_files(path, source) if path.is_dir() else {0: path}
+    return {index: functools.partial(read_keyframe, file, source.size) for index, file in files.items()}
+
+
+def _coco_keyframes(path: Path, source: FrameSource) -> dict[int, Callable[[], np.ndarray]]:
+    coco = read_coco(path)
+    stems = _source_stems(source, [image.stem for image in coco.images])
+    frames = {stem: index for index, stem in enumerate(stems)}
+    loaders = keyframe_loaders(coco, frames, source.size, video=source.kind == "video")
+    if 0 not in loaders:
+        raise _no_first_keyframe(path, source.stem(0))
+    return loaders
 
 
 def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
@@ -279,11 +322,15 @@ def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
         )
     files = {index: by_stem[stem] for index, stem in enumerate(stems) if stem in by_stem}
     if 0 not in files:
-        raise UsageError(
-            f"--mask {folder} has no mask for the first frame ({source.stem(0)}.png). Tracking starts from the "
-            "first frame, so it needs a mask; add one named like that frame."
-        )
+        raise _no_first_keyframe(folder, f"{source.stem(0)}.png")
     return files
+
+
+def _no_first_keyframe(path: Path, first: str) -> UsageError:
+    return UsageError(
+        f"--mask {path} has no mask for the first frame ({first}). Tracking starts from the "
+        "first frame, so it needs a mask; add one named like that frame."
+    )
 
 
 def _source_stems(source: FrameSource, mask_stems: Iterable[str]) -> list[str]:
@@ -456,12 +503,15 @@ def track_video(
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
     masks = Keyframes(Path(mask), frames)
+    if options.labels:
+        check_labels(options.labels, masks.object_ids(), f"the keyframe masks of {mask}")
     painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, masks, gt)
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
     if previous is not None and previous.status == "complete":
         _check_same_run(planned_changes(previous, source, mask, options), output)
         log.info("%s already holds a complete run; nothing to resume.", output)
+        _export_written(output, frames, previous.frames_done, options)
         return RunReport(output, previous)
     stopwatch = _Stopwatch()
     config = _cache_config(cache, options) if cache is not None else options.config
@@ -469,7 +519,7 @@ def track_video(
     record = RunRecord(
         source=str(Path(source).resolve()), mask=str(Path(mask).resolve()), preset=options.preset,
         settings={**config.as_dict(), **stream.settings}, model=stream.model, weights=stream.weights,
-        frames_total=frames.frame_count, keyframes=sorted(masks.files), versions=library_versions(),
+        frames_total=frames.frame_count, keyframes=sorted(masks.loaders), versions=library_versions(),
     )
     done = 0
     if previous is not None:
@@ -478,7 +528,8 @@ def track_video(
         record.resumed_at = done
     prepare_output(output, overwrite=overwrite)
     confidence = ConfidenceLog(previous.confidence if previous is not None else None)
-    run = _Run(output, frames, masks, Tracker(config), record, stopwatch, painter, confidence)
+    coco = CocoAnnotations(output, _file_name(frames), options.labels) if "coco" in options.export else None
+    run = _Run(output, frames, masks, Tracker(config), record, stopwatch, painter, confidence, coco)
     try:
         record.write(output)
         run.go(stream, done, on_progress, stop)
@@ -495,6 +546,24 @@ def track_video(
     if gt is not None:
         write_report(output)
     return RunReport(output, record, metrics)
+
+
+def _file_name(frames: FrameSource) -> Callable[[int], str]:
+    """Frame ``index``'s name in exported annotations: its image file's name, or ``<stem>.png`` for a video's frames."""
+    if frames.kind == "folder":
+        return lambda index: frames.files[index].name
+    return lambda index: f"{frames.stem(index)}.png"
+
+
+def _export_written(output: Path, frames: FrameSource, frames_done: int, options: RunOptions) -> None:
+    """Write the exports a complete run lacks from its masks on disk (a run made without ``--export``)."""
+    if "coco" not in options.export or (output / COCO_FILE).exists():
+        return
+    writer = CocoWriter(options.labels)
+    name = _file_name(frames)
+    for index in range(frames_done):
+        writer.add(name(index), read_label_map(output / PngMasks.file / f"{frames.stem(index)}.png"))
+    writer.write(output / COCO_FILE)
 
 
 def _painter(mode: OverlayMode | None, frames: FrameSource, masks: Keyframes, gt: str | os.PathLike | None) -> Painter | None:
@@ -557,7 +626,7 @@ class _Run:
 
     def __init__(
         self, output: Path, frames: FrameSource, masks: Keyframes, tracker: Tracker, record: RunRecord,
-        stopwatch: _Stopwatch, painter: Painter | None, confidence: ConfidenceLog,
+        stopwatch: _Stopwatch, painter: Painter | None, confidence: ConfidenceLog, coco: CocoAnnotations | None = None,
     ) -> None:
         self.output = output
         self.frames = frames
@@ -569,6 +638,7 @@ class _Run:
         self.confidence = confidence
         self.masks_sink = PngMasks(output)
         self.overlay: OverlayVideo | None = None
+        self.coco = coco
         self.status = "running"
         self.frames_done = 0
 
@@ -584,7 +654,7 @@ class _Run:
         self.masks_sink.folder.mkdir(exist_ok=True)
         if self.painter is not None:
             self.overlay = OverlayVideo(self.output, self.frames.fps, self.painter)
-        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], self.stopwatch)
+        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay, self.coco])], self.stopwatch)
         try:
             resumed = _restore_state(self.tracker, self.output, done, stream.device)
             if resumed:
@@ -615,6 +685,19 @@ class _Run:
             finally:
                 self._record_confidence()
                 self._keep_state()
+        if self.status == "complete" and self.coco is not None:
+            self._save_coco()
+
+    def _save_coco(self) -> None:
+        """Write the COCO annotations of a complete run (the run fails if they cannot be written)."""
+        start = time.perf_counter()
+        try:
+            self.coco.save()
+        except BaseException as error:
+            self.status = "failed"
+            self.record.error = str(error) or type(error).__name__
+            raise
+        self.stopwatch.add(self.coco.stage, time.perf_counter() - start)
 
     def _predict(self, frame: Frame, features: torch.Tensor) -> Prediction:
         """Track one frame (a keyframe takes its mask) and score each object's confidence."""
@@ -639,7 +722,7 @@ class _Run:
         self.record.low_confidence_frames = [
             {"index": drop.index, "frame": self.frames.stem(drop.index), "object": drop.object_id,
              "confidence": drop.confidence, "before": drop.before}
-            for drop in sharp_drops(self.confidence, self.masks.files)
+            for drop in sharp_drops(self.confidence, self.masks.loaders)
             if drop.index < self.frames_done
         ]
 
