@@ -234,6 +234,11 @@ def weights_truncated(ws: Workspace) -> list[object]:
     return ws.track("--weights", ws.root / "cut.pth")
 
 
+def weights_text(ws: Workspace) -> list[object]:
+    (ws.root / "links.pth").write_text("<html>\n<body>Download the weights here</body>\n")
+    return ws.track("--weights", ws.root / "links.pth")
+
+
 def weights_noise(ws: Workspace) -> list[object]:
     (ws.root / "noise.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
     return ws.track("--weights", ws.root / "noise.safetensors")
@@ -310,8 +315,9 @@ CASES = {
     "mask-colour-not-in-palette": Case(mask_off_palette_colour, 2, ("(250, 10, 10)", "DAVIS palette", "indexed PNG")),
     # weights and model
     "weights-missing": Case(lambda ws: ws.track("--weights", ws.root / "none.pth"), 2, ("none.pth", "does not exist", "checkpoint file")),
-    "weights-truncated": Case(weights_truncated, 2, ("cut.pth", "truncated or corrupt", "download it again")),
-    "weights-corrupt": Case(weights_noise, 2, ("noise.safetensors", "truncated or corrupt")),
+    "weights-truncated": Case(weights_truncated, 1, ("cut.pth", "truncated or corrupt", "download it again")),
+    "weights-corrupt": Case(weights_noise, 1, ("noise.safetensors", "truncated or corrupt")),
+    "weights-text-file": Case(weights_text, 2, ("links.pth", "is a text file", "'<html>'", "not a checkpoint")),
     "weights-of-another-model": Case(option("--model", "vits16"), 2, ("does not hold vits16 weights", "looks like tiny", "--model tiny")),
     "weights-pickle-with-code": Case(weights_pickle_with_code, 2, ("more than tensors", "io.open object", "state dict", ".safetensors")),
     "unknown-model": Case(option("--model", "vit_giant"), 2, ("unknown model 'vit_giant'", "vits16", "dinotrack models")),
