@@ -228,6 +228,20 @@ def mask_off_palette_colour(ws: Workspace) -> list[object]:
     return ws.track(mask=ws.image("red.png", rgb))
 
 
+def mask_jpeg(ws: Workspace) -> list[object]:
+    """A 0/255 disc saved as JPEG: its edge gets grey levels."""
+    rows, columns = np.ogrid[: FRAME_SIZE[0], : FRAME_SIZE[1]]
+    disc = (rows - 20) ** 2 + (columns - 30) ** 2 < 15**2
+    Image.fromarray(np.where(disc, np.uint8(255), np.uint8(0))).save(ws.root / "mask.jpg", quality=75)
+    return ws.track(mask=ws.root / "mask.jpg")
+
+
+def mask_jpeg_saved_as_png(ws: Workspace) -> list[object]:
+    mask_jpeg(ws)
+    with Image.open(ws.root / "mask.jpg") as blurred:
+        return ws.track(mask=ws.image("resaved.png", np.asarray(blurred)))
+
+
 def weights_truncated(ws: Workspace) -> list[object]:
     data = ws.weights.read_bytes()
     (ws.root / "cut.pth").write_bytes(data[: len(data) // 2])
@@ -313,6 +327,8 @@ CASES = {
     "mask-16-bit-id-300": Case(mask_id_300, 2, ("value 300", "0..254", "renumber")),
     "mask-palette-index-255": Case(mask_palette_index_255, 2, ("value 255", "0..254")),
     "mask-colour-not-in-palette": Case(mask_off_palette_colour, 2, ("(250, 10, 10)", "DAVIS palette", "indexed PNG")),
+    "mask-jpeg": Case(mask_jpeg, 2, ("mask.jpg", "is a JPEG image", "save masks as PNG", "grey levels")),
+    "mask-jpeg-saved-as-png": Case(mask_jpeg_saved_as_png, 2, ("resaved.png", "grey levels spread up to 255", "JPEG compression adds grey levels")),
     # weights and model
     "weights-missing": Case(lambda ws: ws.track("--weights", ws.root / "none.pth"), 2, ("none.pth", "does not exist", "checkpoint file")),
     "weights-truncated": Case(weights_truncated, 1, ("cut.pth", "truncated or corrupt", "download it again")),
