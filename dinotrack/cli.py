@@ -112,11 +112,21 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
+    if not verbose:
+        _quiet_video_libraries()
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
     logger = logging.getLogger("dinotrack")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+
+
+def _quiet_video_libraries() -> None:
+    """Silence OpenCV's and FFmpeg's own log lines (``moov atom not found``, ``[ WARN:0] cap.cpp``):
+    dinotrack says what went wrong in its own words. Read when OpenCV first logs and when its
+    FFmpeg backend starts, both after this (the commands import OpenCV); a value the user set wins."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 @contextmanager

@@ -493,6 +493,7 @@ def test_real_process_exit_status_and_stderr(ws: Workspace, name: str) -> None:
     args = [arg for arg in CASES[name].build(ws) if arg not in (ws.weights, "--weights", "--model", "tiny")]
     result = run_module(args, {**NO_HUB_CACHE, "HF_HUB_OFFLINE": "1", "HF_HOME": str(ws.root / "hf")})
     assert_reported(result.returncode, result.stderr, CASES[name].status, ("Error:", *CASES[name].words))
+    assert result.stderr.lstrip().startswith("Error:"), result.stderr  # no FFmpeg or OpenCV log lines before it
     assert_nothing_written(ws.output)
 
 
