@@ -242,6 +242,7 @@ def _print_run_summary(report: Any) -> None:
     table = Table(title=f"dinotrack: {report.status}", show_header=False)
     table.add_row("output", str(report.output))
     table.add_row("frames", f"{report.frames_done}" + (f" / {report.frames_total}" if report.frames_total else ""))
+    table.add_row("keyframes", f"{len(report.record.keyframes)} of {report.frames_total or report.frames_done} (masks given)")
     table.add_row("frames/s", f"{report.fps:.2f}")
     for stage, seconds in report.seconds.items():
         table.add_row(f"{stage} (s)", f"{seconds:.2f}")
@@ -263,6 +264,7 @@ def features(
     batch_size: BatchSize = 1,
     workers: Workers = None,
     compile_model: Compile = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the feature cache already in --output.")] = False,
     debug: Debug = False,
 ) -> None:
     """Write the dense features of every frame to a cache that `track --features` reuses."""
@@ -274,7 +276,7 @@ def features(
             workers=workers, compile=compile_model,
         )
         with _stop_on_signals() as stop, _progress("Features") as (on_progress, _):
-            done = extract_features(source, output, options, on_progress=on_progress, stop=stop)
+            done = extract_features(source, output, options, overwrite=overwrite, on_progress=on_progress, stop=stop)
         console.print(f"Wrote the features of {done} frames to {output}")
         if stop.is_set():
             raise typer.Exit(INTERRUPTED)

@@ -28,6 +28,7 @@ from conftest import ROOT
 from dinotrack.cli import app
 from dinotrack.masks import PALETTE, read_label_map, write_label_map
 from dinotrack.sources import VideoWriter
+from dinotrack.structs import UsageError
 
 runner = CliRunner()
 FRAME_SIZE = (48, 64)
@@ -242,6 +243,15 @@ def mask_jpeg_saved_as_png(ws: Workspace) -> list[object]:
         return ws.track(mask=ws.image("resaved.png", np.asarray(blurred)))
 
 
+def gt_folder(ws: Workspace, names: list[str], size: tuple[int, int] = FRAME_SIZE) -> Path:
+    """Ground truth ``root/gt/<name>.png`` of two objects for each name."""
+    folder = ws.root / "gt"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        write_label_map(folder / f"{name}.png", two_objects(size))
+    return folder
+
+
 def weights_truncated(ws: Workspace) -> list[object]:
     data = ws.weights.read_bytes()
     (ws.root / "cut.pth").write_bytes(data[: len(data) // 2])
@@ -329,6 +339,27 @@ CASES = {
     "mask-colour-not-in-palette": Case(mask_off_palette_colour, 2, ("(250, 10, 10)", "DAVIS palette", "indexed PNG")),
     "mask-jpeg": Case(mask_jpeg, 2, ("mask.jpg", "is a JPEG image", "save masks as PNG", "grey levels")),
     "mask-jpeg-saved-as-png": Case(mask_jpeg_saved_as_png, 2, ("resaved.png", "grey levels spread up to 255", "JPEG compression adds grey levels")),
+    # ground truth
+    "gt-named-unlike-the-frames": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["frame_0001", "frame_0002", "frame_0003"])), 2,
+        ("No ground-truth mask", "is named like a frame", "frame_0001.png", "named 00000, 00001", "00000.png for the first"),
+    ),
+    "gt-with-one-unpaired-mask": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002", "00003"])), 2,
+        ("1 of the 4 ground-truth masks", "are not named like a frame", "00003.png"),
+    ),
+    "gt-of-another-size": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"], (24, 32))), 2,
+        ("00000.png is 32x24", "frames are 64x48", "at the frames' size"),
+    ),
+    "gt-of-two-frames": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001"])), 2,
+        ("holds 2 masks", "first and last", "at least 3"),
+    ),
+    "gt-frames-all-keyframes": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"]), mask=ws.root / "gt"), 2,
+        ("Every frame that --gt", "is also a keyframe", "compare the given masks with themselves"),
+    ),
     # weights and model
     "weights-missing": Case(lambda ws: ws.track("--weights", ws.root / "none.pth"), 2, ("none.pth", "does not exist", "checkpoint file")),
     "weights-truncated": Case(weights_truncated, 1, ("cut.pth", "truncated or corrupt", "download it again")),
@@ -448,6 +479,85 @@ def test_mask_of_the_same_aspect_is_resized_with_a_warning(ws: Workspace) -> Non
     assert squash("resizing it to the frames' 64x48") in squash(output)
     first = read_label_map(ws.output / "masks" / "00000.png")
     assert np.array_equal(first, half.repeat(2, axis=0).repeat(2, axis=1))
+
+
+def test_keyframes_with_ground_truth_are_left_out_of_the_scores(ws: Workspace) -> None:
+    noise_frames(ws.frames, 5, FRAME_SIZE)
+    gt = gt_folder(ws, [f"{index:05d}" for index in range(5)])
+    keyframes = ws.root / "keyframes"
+    keyframes.mkdir()
+    for name in ("00000", "00002"):
+        (keyframes / f"{name}.png").write_bytes((gt / f"{name}.png").read_bytes())
+    status, output = invoke(ws.track("--gt", gt, mask=keyframes))
+    assert status == 0, output
+    assert squash("1 of the 3 frames to score are keyframes") in squash(output)
+    assert squash("left out of the scores") in squash(output)
+    assert "keyframes" in output and "2 of 5" in output  # the summary says how many frames were given
+    metrics = json.loads((ws.output / "metrics.json").read_text())
+    assert {tuple(item["frames"]) for item in metrics["objects"]} == {("00001", "00003")}
+
+
+def test_ground_truth_of_fewer_frames_is_scored_with_a_warning(ws: Workspace) -> None:
+    noise_frames(ws.frames, 5, FRAME_SIZE)
+    status, output = invoke(ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"])))
+    assert status == 0, output
+    assert squash("annotates 3 of the 5 frames; only those are scored") in squash(output)
+
+
+def test_scoring_that_fails_after_the_run_is_a_run_time_failure(ws: Workspace) -> None:
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise UsageError("Mask gt/00001.png is not a readable PNG.")
+
+    ws.env.setattr("dinotrack.pipeline.evaluate", unreadable)
+    status, output = invoke(ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"])))
+    assert_reported(status, output, 1, ("The run is complete", "scoring it failed", "not a readable PNG", "dinotrack evaluate"))
+    assert json.loads((ws.output / "run.json").read_text())["status"] == "complete"
+    assert len(list((ws.output / "masks").glob("*.png"))) == FRAMES
+
+
+def make_cache(ws: Workspace, frames: Path, name: str = "cache") -> Path:
+    status, output = invoke(["features", frames, "--output", ws.root / name, "--weights", ws.weights, *TINY])
+    assert status == 0, output
+    return ws.root / name
+
+
+def test_a_feature_cache_of_other_frames_is_refused_before_any_work(ws: Workspace) -> None:
+    other = ws.root / "other"
+    noise_frames(other, FRAMES, FRAME_SIZE, seed=1)  # the same names, count and size: only the content differs
+    status, output = invoke(ws.track("--features", make_cache(ws, other)))
+    assert_reported(status, output, 2, ("was made from", "other", "whose content differs", "dinotrack features"))
+    assert_nothing_written(ws.output)
+
+
+def test_a_feature_cache_shorter_than_the_video_is_refused_before_any_work(ws: Workspace) -> None:
+    short = ws.root / "short"
+    short.mkdir()
+    for file in sorted(ws.frames.iterdir())[:2]:
+        (short / file.name).write_bytes(file.read_bytes())
+    status, output = invoke(ws.track("--features", make_cache(ws, short)))
+    assert_reported(status, output, 2, ("holds the features of 2 frames", "has 3", "dinotrack features"))
+    assert_nothing_written(ws.output)
+
+
+def test_track_from_a_cache_records_the_cache_settings(ws: Workspace) -> None:
+    cache = make_cache(ws, ws.frames)
+    args = ["track", ws.frames, "--mask", ws.mask, "--output", ws.output, "--features", cache, "--device", "cpu", "--no-overlay"]
+    status, output = invoke(args)
+    assert status == 0, output
+    assert "does not apply" not in output
+    run = json.loads((ws.output / "run.json").read_text())
+    assert run["settings"]["short_side"] == 64 and run["model"] == "tiny"
+
+
+def test_features_over_an_existing_cache_needs_overwrite(ws: Workspace) -> None:
+    cache = make_cache(ws, ws.frames)
+    meta = (cache / "meta.json").read_text()
+    args = ["features", ws.frames, "--output", cache, "--weights", ws.weights, *TINY]
+    assert_reported(*invoke(args), 2, ("already holds a feature cache", "--overwrite"))
+    assert (cache / "meta.json").read_text() == meta
+    status, output = invoke([*args, "--overwrite"])
+    assert status == 0, output
+    assert json.loads((cache / "meta.json").read_text())["complete"] is True
 
 
 # --- failing midway: what was done is kept and marked --------------------------------------------
