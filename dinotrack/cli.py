@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich import box
 from rich.table import Table
 
 from dinotrack import __version__
@@ -239,7 +240,7 @@ def track(
 
 
 def _print_run_summary(report: Any) -> None:
-    table = Table(title=f"dinotrack: {report.status}", show_header=False)
+    table = _table(f"dinotrack: {report.status}", ("", ""), show_header=False)
     table.add_row("output", str(report.output))
     table.add_row("frames", f"{report.frames_done}" + (f" / {report.frames_total}" if report.frames_total else ""))
     table.add_row("keyframes", f"{len(report.record.keyframes)} of {report.frames_total or report.frames_done} (masks given)")
@@ -249,8 +250,8 @@ def _print_run_summary(report: Any) -> None:
     if report.metrics is not None:
         figures = report.metrics.scores.as_dict()
         for key in ("J&F-Mean", "J-Mean", "F-Mean"):
-            table.add_row(key, f"{figures[key]:.4f}")
-    Console().print(table)
+            table.add_row(f"{key} (%)", _percent(figures[key]))
+    _stdout().print(table)
 
 
 @app.command()
@@ -308,19 +309,42 @@ def evaluate(
 
 
 def _print_eval_table(report: Any) -> None:
+    """One row per object, worst first, in percent with one decimal as the DAVIS papers print them."""
     from dinotrack.evaluation import report_rows
 
-    rows = report_rows(report)
-    table = Table(title="DAVIS J&F (worst first)")
-    for column in rows[0] if rows else []:
-        table.add_column(column, justify="right" if column not in ("sequence",) else "left")
-    for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+    table = _table("DAVIS J&F in % (worst first)", ("sequence", "obj", "J&F", "J", "F", "J rec", "F rec", "frames"))
+    keys = ("J&F-Mean", "J-Mean", "F-Mean", "J-Recall", "F-Recall")
+    for row in report_rows(report):
+        table.add_row(str(row["sequence"]), str(row["object"]), *(_percent(row[key]) for key in keys), str(row["frames"]))
+    _stdout().print(table)
     summary = report.scores.as_dict()
-    Console().print(
-        f"J&F-Mean {summary['J&F-Mean']:.4f}   J-Mean {summary['J-Mean']:.4f}   F-Mean {summary['F-Mean']:.4f}"
+    _stdout().print(
+        f"J&F-Mean {_percent(summary['J&F-Mean'])}   J-Mean {_percent(summary['J-Mean'])}   "
+        f"F-Mean {_percent(summary['F-Mean'])}   (%)"
     )
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _stdout() -> Console:
+    return Console()
+
+
+def _table(title: str | None, columns: tuple[str, ...], *, left: int = 1, show_header: bool = True) -> Table:
+    """A table that fits 80 columns: light rules in a terminal, plain aligned text otherwise (logs, pipes).
+
+    The first ``left`` columns are text (left-aligned), the others numbers. A
+    cell too long wraps (folds); none is cut short with an ellipsis.
+    """
+    table = Table(
+        title=title, box=box.SIMPLE if _stdout().is_terminal else None, show_header=show_header,
+        pad_edge=False, title_justify="left",
+    )
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index < left else "right", overflow="fold")
+    return table
 
 
 Sequences = Annotated[Optional[str], typer.Option("--sequences", help="Comma-separated sequence names of a DAVIS root (default: all).")]
@@ -440,15 +464,14 @@ def _batch_progress() -> Iterator[Callable[[str, dict], None]]:
 
 
 def _print_batch_table(record: Any) -> None:
-    table = Table(title=f"dinotrack batch: {record.status} ({record.engine}, {record.workers} workers, {record.model_loads} model loads)")
-    for column in ("video", "status", "frames", "frames/s", "J&F"):
-        table.add_column(column, justify="left" if column in ("video", "status") else "right")
+    title = f"dinotrack batch: {record.status} ({record.engine}, {record.workers} workers, {record.model_loads} model loads)"
+    table = _table(title, ("video", "status", "frames", "frames/s", "J&F %"), left=2)
     for video in record.videos:
         frames = f"{video['frames_done']}" + (f"/{video['frames_total']}" if video.get("frames_total") else "")
         status = video["status"] + (" (reused)" if video.get("skipped") else "")
-        score = f"{100 * video['J&F-Mean']:.1f}" if "J&F-Mean" in video else ""
+        score = _percent(video["J&F-Mean"]) if "J&F-Mean" in video else ""
         table.add_row(video["name"], status, frames, f"{video.get('fps', 0.0):.2f}", score)
-    Console().print(table)
+    _stdout().print(table)
 
 
 @app.command()
@@ -465,16 +488,23 @@ def report(
 
 
 @app.command()
-def models() -> None:
-    """List the backbones dinotrack knows."""
+def models(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the list as JSON (every field, for scripts).")] = False,
+) -> None:
+    """List the backbones dinotrack knows, with the hub weights each loads."""
+    import json
+
     from dinotrack.backbones import list_backbones
 
-    table = Table(title="DINOv3 backbones")
-    for column in ("name", "timm name", "params", "dim", "weights"):
-        table.add_column(column)
-    for spec in list_backbones():
-        table.add_row(spec.name, spec.timm_name, spec.params, str(spec.dim), spec.hub_id)
-    Console().print(table)
+    specs = list_backbones()
+    if json_output:
+        fields = ("name", "timm_name", "hub_id", "params", "dim", "depth", "patch_size", "meta_file")
+        print(json.dumps([{key: getattr(spec, key) for key in fields} for spec in specs], indent=2))
+        return
+    table = _table("DINOv3 backbones", ("name", "weights (Hugging Face)", "params", "dim"), left=2)
+    for spec in specs:
+        table.add_row(spec.name, spec.hub_id or "none published", spec.params, str(spec.dim))
+    _stdout().print(table)
 
 
 def main() -> None:

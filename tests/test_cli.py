@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import SAMPLE
 from dinotrack.cli import app
-from dinotrack.masks import PALETTE, read_label_map
+from dinotrack.masks import PALETTE, read_label_map, write_label_map
 from dinotrack.propagate import labels_to_probs
 from dinotrack.render import ROW_HEIGHT, TIMELINE_HEIGHT
 from dinotrack.testing import probs_to_ids, propagate_literal
@@ -200,6 +200,36 @@ def test_models_lists_the_family():
     assert result.exit_code == 0
     for name in ("vits16", "vits16plus", "vitb16", "vitl16", "vith16plus", "vit7b16", "vitl16-sat", "vit7b16-sat"):
         assert name in result.output
+
+
+def assert_fits_80_columns(output: str) -> None:
+    assert "\u2026" not in output, output  # no cell cut short with an ellipsis
+    assert max(map(len, output.splitlines())) <= 80, output
+
+
+def test_tables_fit_80_columns_with_whole_cells(tmp_path: Path):
+    name = "a-rather-long-sequence-name"
+    for side in ("pred", "gt"):
+        (tmp_path / side / name).mkdir(parents=True)
+        for index in range(4):
+            ids = np.zeros((24, 32), np.uint8)
+            ids[4 : 12 + index, 4:20] = 1
+            ids[14:22, 20 : 28 - (side == "pred")] = 2
+            write_label_map(tmp_path / side / name / f"{index:05d}.png", ids)
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert_fits_80_columns(result.output)
+    assert name in result.output and "J&F-Mean" in result.output
+    assert "100.0" in result.output  # percentages with one decimal
+    models = runner.invoke(app, ["models"], env={"COLUMNS": "80"})
+    assert_fits_80_columns(models.output)
+    assert "timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m" in models.output
+
+
+def test_models_as_json():
+    listed = json.loads(invoke("models", "--json").output)
+    assert {"vits16", "vit7b16"} <= {spec["name"] for spec in listed}
+    assert all(spec["hub_id"] and spec["dim"] > 0 for spec in listed)
 
 
 def test_version_and_help():
