@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 FIGURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 VOID_ID = 255
 SHOWN_NAMES = 5
+PLOT_ROWS = 8
+"""Objects plotted one under the other; more go in two columns."""
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,8 @@ def write_csv(
 
 
 def write_plot(report: EvalReport, path: str | os.PathLike) -> None:
-    """Write one PNG with J and F per frame for each object (a grid of small plots), atomically."""
+    """Write one PNG with J and F per frame, one panel per object (1000 px wide, 2000 px past
+    :data:`PLOT_ROWS` objects), titled with the sequence and its mean J&F, atomically."""
     figure = _plot_figure(report)
     _writable(path)
     atomic_write(path, lambda target: figure.savefig(target, format="png", dpi=100))
@@ -499,17 +502,23 @@ def _plot_figure(report: EvalReport) -> Figure:
         raise DinotrackError(
             'Plotting needs matplotlib, a dependency of dinotrack that is missing here: pip install matplotlib.'
         ) from None
-    columns = min(4, len(report.objects))
-    rows = -(-len(report.objects) // columns)
-    figure = Figure(figsize=(4 * columns, 2.6 * rows), layout="constrained")
-    for index, result in enumerate(report.objects, start=1):
+    objects = report.objects
+    columns = 1 if len(objects) <= PLOT_ROWS else 2
+    rows = -(-len(objects) // columns)
+    figure = Figure(figsize=(10 * columns, 1.2 + 2.4 * rows), layout="constrained")
+    sequences = list(dict.fromkeys(result.sequence for result in objects))
+    named = sequences[0] if len(sequences) == 1 else f"{len(sequences)} sequences"
+    figure.suptitle(f"{named}: J&F-Mean {100 * report.scores.jf_mean:.1f}% over {len(objects)} object(s)", fontsize=13)
+    for index, result in enumerate(objects, start=1):
         axes = figure.add_subplot(rows, columns, index)
-        axes.plot(_frame_axis(result.frames), result.j, label="J")
-        axes.plot(_frame_axis(result.frames), result.f, label="F")
+        axes.plot(_frame_axis(result.frames), result.j, label="J (region)")
+        axes.plot(_frame_axis(result.frames), result.f, label="F (boundary)")
         axes.set_ylim(0, 1.05)
-        axes.set_title(f"{result.sequence} #{result.object_id}  J&F {result.scores.jf_mean:.3f}", fontsize=9)
-        axes.set_xlabel("frame", fontsize=8)
-        axes.legend(loc="lower left", fontsize=7)
+        axes.set_ylabel("score (0-1)")
+        axes.set_title(f"{result.sequence}, object {result.object_id}: J&F {100 * result.scores.jf_mean:.1f}%", fontsize=11)
+        axes.set_xlabel("frame")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower left", fontsize=8)
     return figure
 
 
