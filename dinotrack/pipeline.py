@@ -598,6 +598,8 @@ class _Run:
         self.masks_sink.folder.mkdir(exist_ok=True)
         if self.painter is not None:
             self.overlay = OverlayVideo(self.output, self.frames.fps, self.painter)
+        else:  # a run resumed without an overlay: the earlier run's partial one would look like this run's
+            (self.output / OverlayVideo.file).unlink(missing_ok=True)
         self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], self.stopwatch)
         try:
             resumed = _restore_state(self.tracker, self.output, done, stream.device)

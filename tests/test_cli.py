@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -229,13 +230,30 @@ def test_tables_fit_80_columns_with_whole_cells(tmp_path: Path):
 def test_models_as_json():
     listed = json.loads(invoke("models", "--json").output)
     assert {"vits16", "vit7b16"} <= {spec["name"] for spec in listed}
-    assert all(spec["hub_id"] and spec["dim"] > 0 for spec in listed)
+    vits16 = next(spec for spec in listed if spec["name"] == "vits16")
+    assert vits16["hub_id"] == "timm/vit_small_patch16_dinov3_qkvb.lvd1689m" and vits16["dim"] == 384
 
 
 def test_version_and_help():
     assert invoke("--version").output.strip().startswith("dinotrack ")
     result = invoke("track", "--help")
     assert result.exit_code == 0 and "--mask" in result.output and "--preset" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["track"], ["features"], ["evaluate"], ["batch"], ["benchmark"], ["report"], ["models"]])
+def test_help_reads_well_at_80_columns(command):
+    result = runner.invoke(app, [*command, "-h"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output and "..." not in result.output.replace("[ARGS]...", "")
+    assert max(map(len, result.output.splitlines())) <= 80, result.output
+
+
+def test_verbose_is_accepted_after_the_command_too(tmp_path: Path):
+    for args in (["-v", "models"], ["report", str(tmp_path), "-v"]):
+        logging.getLogger("dinotrack").setLevel(logging.INFO)
+        result = runner.invoke(app, args)
+        assert "No such option" not in result.output
+        assert logging.getLogger("dinotrack").level == logging.DEBUG
 
 
 @pytest.mark.parametrize("user_value, expected", [(None, "1000"), ("7", "7")])
