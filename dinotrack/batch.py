@@ -330,8 +330,8 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address is None:
-        ray.init(**quiet)
+    if address is None:  # "local": a new instance even when `ray start` or RAY_ADDRESS names another one
+        ray.init(address="local", **quiet)
         return True
     _probe(address)
     try:

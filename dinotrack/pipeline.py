@@ -37,8 +37,15 @@ import torch
 from dinotrack.backbones import Backbone, create_backbone, get_backbone_spec, resolve_device, weights_source
 from dinotrack.coco import COCO_FILE, CocoWriter, check_labels, keyframe_loaders, read_coco
 from dinotrack.confidence import ConfidenceLog, keyframe_confidence, object_confidence, sharp_drops
-from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
-from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
+from dinotrack.evaluation import EvalReport, check_ground_truth, evaluate, write_csv, write_json, write_plot
+from dinotrack.features import (
+    FeatureCache,
+    FeatureCacheWriter,
+    FeatureExtractor,
+    check_cache_source,
+    open_feature_cache,
+    source_identity,
+)
 from dinotrack.files import atomic_write
 from dinotrack.masks import object_ids, read_label_map
 from dinotrack.records import RUN_FILE, RunRecord, library_versions
@@ -500,11 +507,16 @@ def track_video(
     output = Path(output)
     frames = open_source(source)
     cache = open_feature_cache(features) if features is not None else None
+    if cache is not None:
+        check_cache_source(cache, frames)
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
     masks = Keyframes(Path(mask), frames)
     if options.labels:
         check_labels(options.labels, masks.object_ids(), f"the keyframe masks of {mask}")
+    keyframe_names = [frames.stem(index) for index in sorted(masks.loaders)]
+    for warning in check_ground_truth(Path(gt), frames, keyframes=keyframe_names) if gt is not None else []:
+        log.warning("%s", warning)
     painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, masks, gt)
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
@@ -542,7 +554,9 @@ def track_video(
     unsaved = _finish_record(record, run, stopwatch, started)
     if unsaved is not None:
         raise _output_fault(output, unsaved, run.frames_done, unsaved)
-    metrics = _evaluate_run(output, Path(gt), frames) if record.status == "complete" and gt is not None else None
+    metrics = None
+    if record.status == "complete" and gt is not None:
+        metrics = _evaluate_run(output, Path(gt), frames, keyframe_names)
     if gt is not None:
         write_report(output)
     return RunReport(output, record, metrics)
@@ -654,6 +668,8 @@ class _Run:
         self.masks_sink.folder.mkdir(exist_ok=True)
         if self.painter is not None:
             self.overlay = OverlayVideo(self.output, self.frames.fps, self.painter)
+        else:  # a run resumed without an overlay: the earlier run's partial one would look like this run's
+            (self.output / OverlayVideo.file).unlink(missing_ok=True)
         self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay, self.coco])], self.stopwatch)
         try:
             resumed = _restore_state(self.tracker, self.output, done, stream.device)
@@ -792,9 +808,20 @@ def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.devi
     return True
 
 
-def _evaluate_run(output: Path, gt: Path, frames: FrameSource) -> EvalReport:
-    """Score a complete run, named after its source (the video's stem or the frame folder's name)."""
-    report = evaluate(output / PngMasks.file, gt, sequences=[frames.path.stem if frames.kind == "video" else frames.path.name])
+def _evaluate_run(output: Path, gt: Path, frames: FrameSource, keyframes: list[str]) -> EvalReport:
+    """Score a complete run, named after its source (the video's stem or the frame folder's name), keyframes left out.
+
+    The ground truth was checked before the run; a failure now (a mask changed
+    or unreadable since) is one at run time that leaves the masks complete.
+    """
+    name = frames.path.stem if frames.kind == "video" else frames.path.name
+    try:
+        report = evaluate(output / PngMasks.file, gt, sequences=[name], exclude=set(keyframes))
+    except DinotrackError as error:
+        raise DinotrackError(
+            f"The run is complete (its masks are in {output / PngMasks.file}), but scoring it failed: {error} "
+            f"Once that is fixed, score the masks with `dinotrack evaluate {output / PngMasks.file} {gt}`."
+        ) from None
     write_json(report, output / METRIC_FILES["json"])
     write_csv(report, output / METRIC_FILES["csv"])
     _write_plot_if_possible(report, output / METRIC_FILES["plot"])
@@ -815,18 +842,19 @@ def extract_features(
     options: RunOptions = RunOptions(),
     *,
     backbone: Backbone | None = None,
+    overwrite: bool = False,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> int:
     """Write the feature cache of ``source`` to ``output`` (see :mod:`dinotrack.features`). Returns frames written.
 
     The cache is made at ``options.config.short_side`` with the backbone
-    ``options`` name (or ``backbone``, already built).
+    ``options`` name (or ``backbone``, already built). A cache already in
+    ``output`` is refused unless ``overwrite``, which removes it first.
     """
     frames = open_source(source)
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    _check_cache_output(output, overwrite=overwrite)
     backbone = backbone or load_backbone(options)
     extractor = make_extractor(frames, backbone, options, options.config.short_side)
     meta = {
@@ -838,7 +866,10 @@ def extract_features(
         "dim": backbone.dim,
         "frames": frames.frame_count,
         "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256},
+        "source": source_identity(frames),
     }
+    if overwrite:
+        _remove_cache(output)
     writer = FeatureCacheWriter(output, meta)
     complete = False
     try:
@@ -853,3 +884,19 @@ def extract_features(
     finally:
         writer.close(complete=complete)
     return writer.frames_written
+
+
+def _check_cache_output(output: Path, *, overwrite: bool) -> None:
+    """Refuse a file, or a folder holding a cache, as ``features --output`` (unless ``overwrite``), before any work."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    if (output / "meta.json").exists() and not overwrite:
+        raise UsageError(
+            f"--output {output} already holds a feature cache. Choose a new folder, or pass --overwrite to replace it."
+        )
+
+
+def _remove_cache(output: Path) -> None:
+    """Remove the cache files in ``output`` (``meta.json`` and the ``.npy`` files), nothing else."""
+    for file in [output / "meta.json", *output.glob("*.npy")]:
+        file.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ from dinotrack.render import (
     caption_band,
     caption_rows,
     evaluated_overlay,
+    labelled,
     overlay,
     side_by_side,
     with_bands,
@@ -142,7 +143,7 @@ class PlainPainter:
         percent = np.bincount(ids.ravel(), minlength=256) * (100.0 / ids.size)
         entries = {label: f"{percent[label]:.1f}%  conf {value:.2f}" for label, value in prediction.confidence.items()}
         caption = Caption(f"frame {frame.stem}", entries)
-        return self.bands.around(overlay(frame.rgb, ids), frame.index, caption, prediction.confidence)
+        return self.bands.around(labelled(overlay(frame.rgb, ids), frame.rgb, ids), frame.index, caption, prediction.confidence)
 
 
 class GroundTruth:
@@ -208,7 +209,7 @@ class EvaluatedPainter:
     def _picture(self, rgb: np.ndarray, ids: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
         if self.side:
             return side_by_side(rgb, ids, gt)
-        return overlay(rgb, ids) if gt is None else evaluated_overlay(rgb, ids, gt)
+        return labelled(overlay(rgb, ids) if gt is None else evaluated_overlay(rgb, ids, gt), rgb, ids)
 
 
 class CocoAnnotations:
