@@ -561,6 +561,8 @@ class _Driver:
             self._check_stop()
             self._dispatch()
             tickets = [*self.busy, *self.starting]
+            if not tickets and self.stopping:  # stopped between two videos: nothing is in hand
+                break
             if not tickets:
                 raise DinotrackError("No worker could start, so no video was tracked. See the warnings above.")
             for ticket in self.engine.wait(tickets, POLL_S):

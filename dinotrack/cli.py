@@ -299,8 +299,8 @@ def track(
             raise typer.Exit(INTERRUPTED)
 
 
-def _resume_command(ctx: typer.Context) -> str:
-    """The command line that continues this run: the options given, ``--resume`` instead of ``--overwrite``."""
+def _resume_command(ctx: typer.Context, *, flag: str | None = "--resume") -> str:
+    """The command line that continues this run: the options given, ``flag`` instead of ``--overwrite``."""
     words = ["dinotrack", ctx.info_name or "track"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
@@ -311,7 +311,7 @@ def _resume_command(ctx: typer.Context) -> str:
             words.append(value)
         else:
             words += [max(param.opts, key=len)] + ([] if value == "True" else [value])
-    return shlex.join([*words, "--resume"])
+    return shlex.join([*words, *filter(None, [flag])])
 
 
 def _print_run_summary(report: Any) -> None:
@@ -436,6 +436,7 @@ OverwriteRuns = Annotated[bool, typer.Option("--overwrite", help="Track again th
 
 @app.command(short_help="Track many videos on Ray workers (resumable).")
 def batch(
+    ctx: typer.Context,
     jobs: Annotated[Path, typer.Argument(help="A manifest (.csv with a header, or .jsonl; fields source, mask, and optionally gt, name) or a DAVIS-layout root.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one run per video, batch.json and, with ground truth, the dataset's scores.")],
     sequences: Sequences = None,
@@ -474,7 +475,7 @@ def batch(
             **_export_options(export, labels),
         )
         _run_batch(jobs, output, options, sequences=sequences, address=address, num_workers=num_workers,
-                   gpus_per_worker=gpus_per_worker, overwrite=overwrite)
+                   gpus_per_worker=gpus_per_worker, overwrite=overwrite, again=_resume_command(ctx, flag=None))
 
 
 app.command(
@@ -484,8 +485,11 @@ app.command(
 )(batch)
 
 
-def _run_batch(jobs_path: Path, output: Path, options: Any, *, sequences: str | None, **engine: Any) -> None:
-    """Read the jobs (every mistake before any work), run them, print the tables, exit 1 or 130 as the batch ended."""
+def _run_batch(jobs_path: Path, output: Path, options: Any, *, sequences: str | None, again: str, **engine: Any) -> None:
+    """Read the jobs (every mistake before any work), run them, print the tables, exit 1 or 130 as the batch ended.
+
+    ``again``: the command line that resumes the batch, printed when it is interrupted.
+    """
     from dinotrack.batch import DATASET_FILES, run_batch, write_dataset_scores
     from dinotrack.manifest import BATCH_RECORD, read_jobs
 
@@ -500,7 +504,7 @@ def _run_batch(jobs_path: Path, output: Path, options: Any, *, sequences: str | 
         console.print(f"Wrote {output / DATASET_FILES['global']} and {output / DATASET_FILES['per_sequence']}")
     console.print(f"Wrote {output / BATCH_RECORD}" + (f" and {output / 'report.html'}" if record.videos else ""))
     if record.status == "interrupted":
-        console.print("[yellow]Interrupted:[/] run the same command again to resume the unfinished videos.")
+        console.print(f"[yellow]Interrupted.[/] To resume the unfinished videos, run:\n  {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(INTERRUPTED)
     if record.failed:
         console.print(f"[bold red]Failed:[/] {', '.join(record.failed)} (see batch.json for each error).", highlight=False)

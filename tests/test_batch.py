@@ -284,6 +284,16 @@ def test_without_ray_the_videos_run_in_this_process_with_the_same_masks(no_ray, 
     assert (tmp_path / "out" / "report.html").is_file()
 
 
+def test_a_stop_between_two_videos_ends_the_batch_interrupted(no_ray, options, clips, tmp_path):
+    stop, events = threading.Event(), Events()
+    events.then("video_finished", lambda video: True, lambda _: stop.set())
+
+    record = run_batch([clips["eight"], clips["twelve"]], tmp_path / "out", options, on_event=events, stop=stop)
+
+    assert record.status == "interrupted"
+    assert {video["name"]: video["status"] for video in record.videos} == {"twelve": "complete", "eight": "pending"}
+
+
 def test_without_ray_a_model_that_cannot_load_stops_the_batch_before_any_output(no_ray, options, clips, tmp_path):
     with pytest.raises(UsageError, match="missing.pth"):
         run_batch([clips["eight"]], tmp_path / "out", options.replace(weights=tmp_path / "missing.pth"))
