@@ -45,7 +45,7 @@ from dinotrack.manifest import BATCH_RECORD, VideoJob
 from dinotrack.pipeline import RunOptions, RunReport, load_backbone, planned_changes, track_video
 from dinotrack.records import RunRecord
 from dinotrack.report import write_report
-from dinotrack.sources import IMAGE_SUFFIXES
+from dinotrack.sources import IMAGE_SUFFIXES, open_source
 from dinotrack.structs import DinotrackError, UsageError
 
 log = logging.getLogger("dinotrack")
@@ -737,6 +737,12 @@ DATASET_FILES = {"global": "global_results.csv", "per_sequence": "per-sequence_r
 """The aggregated scores a batch with ground truth writes beside its runs, as ``dinotrack benchmark`` always has."""
 
 
+def _keyframe_names(job: VideoJob, run: RunRecord) -> set[str]:
+    """The names of the frames whose masks ``run`` was given: left out of the scores, as DAVIS leaves out the first."""
+    frames = open_source(job.source)
+    return {frames.stem(index) for index in run.keyframes}
+
+
 def write_dataset_scores(jobs: list[VideoJob], output: str | os.PathLike, options: RunOptions) -> EvalReport | None:
     """Score every complete video that has ground truth and write the dataset's tables to ``output``.
 
@@ -751,7 +757,7 @@ def write_dataset_scores(jobs: list[VideoJob], output: str | os.PathLike, option
         run = _read_run(output / job.name)
         if job.gt is None or run is None or run.status != "complete":
             continue
-        scored = evaluate(output / job.name / "masks", job.gt, sequences=[job.name])
+        scored = evaluate(output / job.name / "masks", job.gt, sequences=[job.name], exclude=_keyframe_names(job, run))
         report.objects += scored.objects
         report.warnings += scored.warnings
     if not report.objects:
