@@ -1,7 +1,8 @@
 """Keyframe masks by frame index, and frames named by index or by name.
 
 A run's keyframes come from ``--mask``: one PNG (for frame 0, or the frame
-``--mask-frame`` names) or a folder of PNGs named like the frames. However
+``--mask-frame`` names), a folder of PNGs named like the frames, or a COCO
+instances file (``.json``, see :mod:`dinotrack.coco`). However
 they are stored, a run sees one small interface, :class:`Keyframes`:
 the sorted frame indices that have a mask, and ``get(index)``, the mask as
 ``[H, W] uint8`` ids at the frame size, read when asked for. Another
@@ -24,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dinotrack.coco import keyframe_loaders, read_coco
 from dinotrack.masks import object_ids, read_label_map
 from dinotrack.sources import FrameSource
 from dinotrack.structs import UsageError
@@ -65,6 +67,10 @@ class Keyframes:
         reader = self._readers.get(index)
         return reader() if reader is not None else None
 
+    def object_ids(self) -> set[int]:
+        """The ids of every keyframe's objects (each mask read once more)."""
+        return {object_id for index in self.indices for object_id in object_ids(self.get(index))}
+
 
 def open_keyframes(
     path: Path, source: FrameSource, *, mask_frame: int | str | None = None, frames: FrameRange | None = None,
@@ -73,27 +79,38 @@ def open_keyframes(
 
     ``mask_frame`` names the frame of a single mask file (default: the first frame).
     """
-    if path.is_dir():
-        if mask_frame is not None:
-            raise UsageError(
-                f"--mask-frame names the frame of a single mask file, but --mask {path} is a folder, whose masks "
-                "are named like their frames. Drop --mask-frame, or give one mask file."
-            )
-        files = _keyframe_files(path, source)
+    is_coco = path.suffix.lower() == ".json" and not path.is_dir()
+    if (path.is_dir() or is_coco) and mask_frame is not None:
+        raise UsageError(
+            f"--mask-frame names the frame of a single mask file, but --mask {path} holds masks named like their "
+            "frames. Drop --mask-frame, or give one mask file."
+        )
+    if is_coco:
+        readers = _coco_readers(path, source)
     else:
-        files = {frame_index(source, mask_frame, "--mask-frame") if mask_frame is not None else 0: path}
+        files = _keyframe_files(path, source) if path.is_dir() else {
+            frame_index(source, mask_frame, "--mask-frame") if mask_frame is not None else 0: path
+        }
+        readers = {index: partial(read_keyframe, file, source.size) for index, file in files.items()}
     frames = frames or FrameRange()
-    inside = {index: file for index, file in files.items() if frames.covers(index)}
+    inside = {index: reader for index, reader in readers.items() if frames.covers(index)}
     if not inside:
         raise UsageError(
             f"--mask {path} has no mask for a frame from {source.stem(frames.first)} to "
             f"{source.stem(frames.last) if frames.last is not None else 'the end'} (the frames --start and --end choose), so "
             "there is nothing to track from. Give a mask for a frame in that range, or widen the range."
         )
-    if len(inside) < len(files):
-        log.info("Using the %d of %d keyframe masks inside the frame range.", len(inside), len(files))
-    readers = {index: partial(read_keyframe, file, source.size) for index, file in inside.items()}
-    return Keyframes(readers, str(inside[min(inside)]))
+    if len(inside) < len(readers):
+        log.info("Using the %d of %d keyframe masks inside the frame range.", len(inside), len(readers))
+    first = f"{path} (frame {source.stem(min(inside))})" if path.is_dir() or is_coco else str(path)
+    return Keyframes(inside, first)
+
+
+def _coco_readers(path: Path, source: FrameSource) -> dict[int, Reader]:
+    """The keyframes of a COCO instances file: its annotated images, matched to frames by file-name stem."""
+    coco = read_coco(path)
+    stems = _source_stems(source, [image.stem for image in coco.images])
+    return keyframe_loaders(coco, {stem: index for index, stem in enumerate(stems)}, source.size, video=source.kind == "video")
 
 
 def frame_index(source: FrameSource, frame: int | str, option: str) -> int:

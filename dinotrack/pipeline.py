@@ -34,9 +34,17 @@ import numpy as np
 import torch
 
 from dinotrack.backbones import Backbone, create_backbone, get_backbone_spec, resolve_device, weights_source
+from dinotrack.coco import COCO_FILE, CocoWriter, check_labels
 from dinotrack.confidence import ConfidenceLog, keyframe_confidence, object_confidence, sharp_drops
-from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
-from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
+from dinotrack.evaluation import EvalReport, check_ground_truth, evaluate, write_csv, write_json, write_plot
+from dinotrack.features import (
+    FeatureCache,
+    FeatureCacheWriter,
+    FeatureExtractor,
+    check_cache_source,
+    open_feature_cache,
+    source_identity,
+)
 from dinotrack.files import atomic_write
 from dinotrack.fusion import Side, fuse
 from dinotrack.keyframes import FrameRange, Keyframes, frame_index, frame_range, open_keyframes
@@ -45,6 +53,7 @@ from dinotrack.records import RUN_FILE, RunRecord, library_versions
 from dinotrack.report import REPORT_FILE, write_report
 from dinotrack.sinks import (
     SINK_TYPES,
+    CocoAnnotations,
     EvaluatedPainter,
     GroundTruth,
     MaskSink,
@@ -73,6 +82,8 @@ RESULT_FILES = (RUN_FILE, STATE_FILE, *(sink.file for sink in SINK_TYPES), *METR
 """Everything a run may leave in its folder: another run's results are recognised by these."""
 OverlayChoice = Literal["auto", "plain", "evaluated", "side-by-side", "none"]
 """``overlay.mp4``'s pictures: see :class:`RunOptions`."""
+ExportFormat = Literal["coco"]
+"""Extra result files ``--export`` may ask for: ``coco`` writes :data:`~dinotrack.coco.COCO_FILE`."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,10 @@ class RunOptions:
     each object's area and confidence), ``"evaluated"`` (against the ground
     truth: missed and wrongly claimed pixels, J and F per frame),
     ``"side-by-side"`` (prediction | ground truth), ``"none"`` (no video), or
-    ``"auto"``: evaluated with ground truth, plain without. ``tweaks``: any other
+    ``"auto"``: evaluated with ground truth, plain without. ``export``: extra
+    formats of the masks, written when the run completes (``("coco",)``:
+    ``annotations.coco.json``); ``labels``: ``{object id: name}`` for the
+    COCO categories (every id named must be in the keyframes). ``tweaks``: any other
     :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
     experiments; the record's ``settings`` show the result. ``direction``:
     ``"both"`` tracks the frames between two keyframes from both and fuses
@@ -112,6 +126,8 @@ class RunOptions:
     compile: bool = False
     overlay: OverlayChoice = "auto"
     direction: Direction = "both"
+    export: tuple[ExportFormat, ...] = ()
+    labels: Mapping[int, str] = field(default_factory=dict)
     tweaks: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,6 +140,16 @@ class RunOptions:
             raise UsageError(f"--overlay must be one of {', '.join(get_args(OverlayChoice))} (got {self.overlay!r}).")
         if self.direction not in DIRECTIONS:
             raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)} (got {self.direction!r}).")
+        unknown = set(self.export) - set(get_args(ExportFormat))
+        if unknown:
+            raise UsageError(f"--export must be one of {', '.join(get_args(ExportFormat))} (got {', '.join(sorted(unknown))}).")
+        if self.labels and "coco" not in self.export:
+            raise UsageError("--labels names the categories of the COCO export: pass --export coco with it.")
+
+    @property
+    def export_files(self) -> list[str]:
+        """The files ``export`` adds to a run's folder."""
+        return [COCO_FILE] if "coco" in self.export else []
 
     @property
     def config(self) -> TrackConfig:
@@ -396,10 +422,17 @@ def track_video(
     output = Path(output)
     frames = open_source(source)
     cache = open_feature_cache(features) if features is not None else None
+    if cache is not None:
+        check_cache_source(cache, frames)
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
     span = frame_range(frames, start, end)
     masks = open_keyframes(Path(mask), frames, mask_frame=mask_frame, frames=span)
+    if options.labels:
+        check_labels(options.labels, masks.object_ids(), f"the keyframe masks of {mask}")
+    keyframe_names = [frames.stem(index) for index in masks.indices]
+    for warning in check_ground_truth(Path(gt), frames, keyframes=keyframe_names) if gt is not None else []:
+        log.warning("%s", warning)
     painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, span, masks, gt)
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
@@ -407,6 +440,7 @@ def track_video(
         changes = planned_changes(previous, source, mask, options, mask_frame=mask_frame, start=start, end=end)
         _check_same_run(changes, output)
         log.info("%s already holds a complete run; nothing to resume.", output)
+        _export_written(output, frames, span, previous.frames_done, options)
         return RunReport(output, previous)
     stopwatch = _Stopwatch()
     config = _cache_config(cache, options) if cache is not None else options.config
@@ -425,7 +459,8 @@ def track_video(
     prepare_output(output, overwrite=overwrite)
     confidence = ConfidenceLog(previous.confidence if previous is not None else None)
     plan = _Plan(frames, span, masks, Schedule(masks.indices, options.direction))
-    run = _Run(output, plan, Tracker(config), record, stopwatch, painter, confidence)
+    coco = CocoAnnotations(output, _file_name(frames, span), options.labels) if "coco" in options.export else None
+    run = _Run(output, plan, Tracker(config), record, stopwatch, painter, confidence, coco)
     try:
         record.write(output)
         run.go(stream, done, on_progress, stop)
@@ -438,10 +473,31 @@ def track_video(
     unsaved = _finish_record(record, run, stopwatch, started)
     if unsaved is not None:
         raise _output_fault(output, unsaved, run.frames_done, unsaved)
-    metrics = _evaluate_run(output, Path(gt), frames, span) if record.status == "complete" and gt is not None else None
+    metrics = None
+    if record.status == "complete" and gt is not None:
+        metrics = _evaluate_run(output, Path(gt), frames, span, keyframe_names)
     if gt is not None:
         write_report(output)
     return RunReport(output, record, metrics)
+
+
+def _file_name(frames: FrameSource, span: FrameRange) -> Callable[[int], str]:
+    """The name, in exported annotations, of the frame at ``position`` in ``span``: its image file's name, or
+    ``<stem>.png`` for a video's frames."""
+    if frames.kind == "folder":
+        return lambda position: frames.files[span.first + position].name
+    return lambda position: f"{frames.stem(span.first + position)}.png"
+
+
+def _export_written(output: Path, frames: FrameSource, span: FrameRange, frames_done: int, options: RunOptions) -> None:
+    """Write the exports a complete run lacks from its masks on disk (a run made without ``--export``)."""
+    if "coco" not in options.export or (output / COCO_FILE).exists():
+        return
+    writer = CocoWriter(options.labels)
+    name = _file_name(frames, span)
+    for position in range(frames_done):
+        writer.add(name(position), read_label_map(output / PngMasks.file / f"{frames.stem(span.first + position)}.png"))
+    writer.write(output / COCO_FILE)
 
 
 def _painter(
@@ -539,7 +595,7 @@ class _Run:
 
     def __init__(
         self, output: Path, plan: _Plan, tracker: Tracker, record: RunRecord,
-        stopwatch: _Stopwatch, painter: Painter | None, confidence: ConfidenceLog,
+        stopwatch: _Stopwatch, painter: Painter | None, confidence: ConfidenceLog, coco: CocoAnnotations | None = None,
     ) -> None:
         self.output = output
         self.plan = plan
@@ -551,6 +607,7 @@ class _Run:
         self.confidence = confidence
         self.masks_sink = PngMasks(output)
         self.overlay: OverlayVideo | None = None
+        self.coco = coco
         self.status = "running"
         self.frames_done = 0
         self.resume_at = plan.span.first
@@ -572,7 +629,9 @@ class _Run:
         self.masks_sink.folder.mkdir(exist_ok=True)
         if self.painter is not None:
             self.overlay = OverlayVideo(self.output, self.frames.fps, self.painter)
-        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], self.stopwatch)
+        else:  # a run resumed without an overlay: the earlier run's partial one would look like this run's
+            (self.output / OverlayVideo.file).unlink(missing_ok=True)
+        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay, self.coco])], self.stopwatch)
         try:
             self.spill = Spill(self.output / SPILL_FOLDER)
             resumed = _restore_state(self.tracker, self.output, done, stream.device)
@@ -602,6 +661,19 @@ class _Run:
                 self._keep_state()
                 if self.spill is not None:
                     self.spill.remove()
+        if self.status == "complete" and self.coco is not None:
+            self._save_coco()
+
+    def _save_coco(self) -> None:
+        """Write the COCO annotations of a complete run (the run fails if they cannot be written)."""
+        start = time.perf_counter()
+        try:
+            self.coco.save()
+        except BaseException as error:
+            self.status = "failed"
+            self.record.error = str(error) or type(error).__name__
+            raise
+        self.stopwatch.add(self.coco.stage, time.perf_counter() - start)
 
     def _take(self, frame: Frame, features: torch.Tensor) -> None:
         """Track one frame read: write it (and a closed stretch's waiting frames before it), or keep it waiting."""
@@ -779,11 +851,21 @@ def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.devi
     return True
 
 
-def _evaluate_run(output: Path, gt: Path, frames: FrameSource, span: FrameRange) -> EvalReport:
-    """Score a complete run over its frames, named after its source (the video's stem or the frame folder's name)."""
+def _evaluate_run(output: Path, gt: Path, frames: FrameSource, span: FrameRange, keyframes: list[str]) -> EvalReport:
+    """Score a complete run over its frames, keyframes left out, named after its source (video stem or folder name).
+
+    The ground truth was checked before the run; a failure now (a mask changed
+    or unreadable since) is one at run time that leaves the masks complete.
+    """
     stems = None if span.whole else {frames.stem(index) for index in range(span.first, span.first + span.total(frames.frame_count))}
     name = frames.path.stem if frames.kind == "video" else frames.path.name
-    report = evaluate(output / PngMasks.file, gt, sequences=[name], frames=stems)
+    try:
+        report = evaluate(output / PngMasks.file, gt, sequences=[name], frames=stems, exclude=set(keyframes))
+    except DinotrackError as error:
+        raise DinotrackError(
+            f"The run is complete (its masks are in {output / PngMasks.file}), but scoring it failed: {error} "
+            f"Once that is fixed, score the masks with `dinotrack evaluate {output / PngMasks.file} {gt}`."
+        ) from None
     write_json(report, output / METRIC_FILES["json"])
     write_csv(report, output / METRIC_FILES["csv"])
     _write_plot_if_possible(report, output / METRIC_FILES["plot"])
@@ -804,18 +886,19 @@ def extract_features(
     options: RunOptions = RunOptions(),
     *,
     backbone: Backbone | None = None,
+    overwrite: bool = False,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> int:
     """Write the feature cache of ``source`` to ``output`` (see :mod:`dinotrack.features`). Returns frames written.
 
     The cache is made at ``options.config.short_side`` with the backbone
-    ``options`` name (or ``backbone``, already built).
+    ``options`` name (or ``backbone``, already built). A cache already in
+    ``output`` is refused unless ``overwrite``, which removes it first.
     """
     frames = open_source(source)
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    _check_cache_output(output, overwrite=overwrite)
     backbone = backbone or load_backbone(options)
     extractor = make_extractor(frames, backbone, options, options.config.short_side)
     meta = {
@@ -827,7 +910,10 @@ def extract_features(
         "dim": backbone.dim,
         "frames": frames.frame_count,
         "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256},
+        "source": source_identity(frames),
     }
+    if overwrite:
+        _remove_cache(output)
     writer = FeatureCacheWriter(output, meta)
     complete = False
     try:
@@ -842,3 +928,19 @@ def extract_features(
     finally:
         writer.close(complete=complete)
     return writer.frames_written
+
+
+def _check_cache_output(output: Path, *, overwrite: bool) -> None:
+    """Refuse a file, or a folder holding a cache, as ``features --output`` (unless ``overwrite``), before any work."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    if (output / "meta.json").exists() and not overwrite:
+        raise UsageError(
+            f"--output {output} already holds a feature cache. Choose a new folder, or pass --overwrite to replace it."
+        )
+
+
+def _remove_cache(output: Path) -> None:
+    """Remove the cache files in ``output`` (``meta.json`` and the ``.npy`` files), nothing else."""
+    for file in [output / "meta.json", *output.glob("*.npy")]:
+        file.unlink(missing_ok=True)

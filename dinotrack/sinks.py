@@ -13,13 +13,14 @@ written again when a run resumes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
+from dinotrack.coco import COCO_FILE, CocoWriter
 from dinotrack.evaluation import read_ids, score_frame
 from dinotrack.masks import object_ids, write_label_map
 from dinotrack.render import (
@@ -30,6 +31,7 @@ from dinotrack.render import (
     caption_band,
     caption_rows,
     evaluated_overlay,
+    labelled,
     overlay,
     side_by_side,
     with_bands,
@@ -141,7 +143,7 @@ class PlainPainter:
         percent = np.bincount(ids.ravel(), minlength=256) * (100.0 / ids.size)
         entries = {label: f"{percent[label]:.1f}%  conf {value:.2f}" for label, value in prediction.confidence.items()}
         caption = Caption(f"frame {frame.stem}", entries)
-        return self.bands.around(overlay(frame.rgb, ids), frame.index, caption, prediction.confidence)
+        return self.bands.around(labelled(overlay(frame.rgb, ids), frame.rgb, ids), frame.index, caption, prediction.confidence)
 
 
 class GroundTruth:
@@ -207,8 +209,36 @@ class EvaluatedPainter:
     def _picture(self, rgb: np.ndarray, ids: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
         if self.side:
             return side_by_side(rgb, ids, gt)
-        return overlay(rgb, ids) if gt is None else evaluated_overlay(rgb, ids, gt)
+        return labelled(overlay(rgb, ids) if gt is None else evaluated_overlay(rgb, ids, gt), rgb, ids)
 
 
-SINK_TYPES: tuple[type[MaskSink], ...] = (PngMasks, OverlayVideo)
+class CocoAnnotations:
+    """``annotations.coco.json``: every frame's objects as COCO RLE (see :mod:`dinotrack.coco`).
+
+    Only the RLE strings are kept until :meth:`save`, which the run calls once
+    it is complete: an interrupted or failed run leaves no annotations file.
+    ``file_name`` gives the name frame ``index`` has in the file.
+    """
+
+    file = COCO_FILE
+    stage = "export_coco"
+    replays = True
+
+    def __init__(self, output: Path, file_name: Callable[[int], str], labels: Mapping[int, str]) -> None:
+        self.path = output / self.file
+        self.file_name = file_name
+        self.writer = CocoWriter(labels)
+
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        self.writer.add(self.file_name(frame.index), prediction.ids)
+
+    def close(self) -> None:
+        pass
+
+    def save(self) -> None:
+        """Write the file, whole."""
+        self.writer.write(self.path)
+
+
+SINK_TYPES: tuple[type[MaskSink], ...] = (PngMasks, OverlayVideo, CocoAnnotations)
 """Every kind of sink, so that the files a run may leave are known."""
