@@ -203,6 +203,25 @@ def test_coco_keyframe_gives_the_masks_of_the_same_png_keyframe(tiny_weights: Pa
     assert all(np.array_equal(png[stem], coco[stem]) for stem in png)
 
 
+def test_editor_keyframes_mid_video_give_coco_of_every_frame_in_one_command(tiny_weights: Path, tmp_path: Path):
+    """A label editor's COCO export of two frames in the middle -> a COCO file of all 60 frames, both ways tracked."""
+    truth = {index: read_label_map(SAMPLE / "shapes_gt" / f"{index:05d}.png") for index in (20, 45)}
+    frames = [image(n + 1, f"frame_{n:06d}.PNG", truth[20].shape) for n in range(60)]
+    annotations = [
+        rle_annotation(index + 1, ids, object_id, id=10 * index + object_id)
+        for index, ids in truth.items() for object_id in np.unique(ids)[1:].tolist()
+    ]
+    keyframes = coco_file(tmp_path / "editor.json", frames, annotations)
+
+    status, output = track(tmp_path / "run", tiny_weights, keyframes, "--export", "coco")
+
+    assert status == 0, output
+    assert_coco_matches_masks(tmp_path / "run", 60)
+    masks = masks_in(tmp_path / "run" / "masks")
+    assert all(np.array_equal(masks[f"{index:05d}"], ids) for index, ids in truth.items()), "keyframes are exact"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["keyframes"] == [20, 45]
+
+
 def test_a_video_frame_named_twice_is_refused(tiny_weights: Path, tmp_path: Path):
     first = read_label_map(MASK)
     images = [image(1, "00000.png", first.shape), image(2, "frame_000000.PNG", first.shape)]
