@@ -43,7 +43,7 @@ from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, wr
 from dinotrack.files import atomic_write_json
 from dinotrack.manifest import BATCH_RECORD, VideoJob
 from dinotrack.pipeline import RunOptions, RunReport, load_backbone, planned_changes, track_video
-from dinotrack.records import RunRecord
+from dinotrack.records import RUN_FILE, RunRecord
 from dinotrack.report import write_report
 from dinotrack.sources import IMAGE_SUFFIXES, open_source
 from dinotrack.structs import DinotrackError, UsageError
@@ -466,6 +466,7 @@ def run_batch(
         raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
     if num_workers is not None and num_workers < 1:
         raise UsageError(f"--num-workers must be at least 1 (got {num_workers}).")
+    _check_batch_folder(output, jobs)
     started = time.perf_counter()
     driver = _Driver(jobs, output, options, overwrite, on_event or _ignore, stop or threading.Event())
     engine = None
@@ -482,6 +483,31 @@ def run_batch(
         write_report(output)
     driver.emit("finished", record.as_dict())
     return record
+
+
+def _check_batch_folder(output: Path, jobs: list[VideoJob]) -> None:
+    """Refuse an existing ``output`` that is not a batch's: a single run, or files that no batch wrote.
+
+    A batch's folder holds ``batch.json`` (or, before the first one is
+    written, only folders named like its videos); anything else would be
+    mixed with, or overwritten by, the batch's files.
+    """
+    if not output.is_dir():
+        return
+    if (output / RUN_FILE).exists():
+        raise UsageError(
+            f"--output {output} holds a single run (its {RUN_FILE}), not a batch: a batch would write its scores over "
+            "that run's. Give a batch its own folder, new or from an earlier batch."
+        )
+    if (output / BATCH_RECORD).exists():
+        return
+    names = {job.name for job in jobs}
+    foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in names and not entry.name.startswith("."))
+    if foreign:
+        raise UsageError(
+            f"--output {output} already holds files that no batch wrote ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}). Give a batch a new or empty folder, or an earlier batch's."
+        )
 
 
 def _ignore(kind: str, payload: dict) -> None:

@@ -323,6 +323,21 @@ def test_a_folder_holding_another_videos_run_is_refused_unless_overwrite(no_ray,
     assert record.status == "complete" and len(list((tmp_path / "out" / "clip" / "masks").glob("*.png"))) == 12
 
 
+def test_a_folder_that_is_not_a_batchs_is_refused_before_any_work(no_ray, options, clips, tmp_path):
+    single = tmp_path / "single"
+    track_video(clips["eight"].source, MASK, single, options)
+    before = sorted(path.name for path in single.rglob("*"))
+    with pytest.raises(UsageError, match=r"holds a single run \(its run.json\), not a batch"):
+        run_batch([clips["eight"]], single, options, overwrite=True)
+    assert sorted(path.name for path in single.rglob("*")) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"files that no batch wrote \(notes.txt\)"):
+        run_batch([clips["eight"]], other, options)
+    assert [path.name for path in other.iterdir()] == ["notes.txt"]
+
+
 def test_a_complete_run_with_other_settings_is_refused_unless_overwrite(no_ray, options, clips, tmp_path):
     run_batch([clips["eight"]], tmp_path / "out", options)
     with pytest.raises(UsageError, match=r"--topk: 5 -> 3"):
