@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -222,7 +224,34 @@ def overlay_rows(work: Workspace, labelled: list[tuple[np.ndarray, np.ndarray]])
 
     codec, timing = timed(encode)
     count = len(results)
+    video = work.root / "overlay.mp4"
+    psnr, ssim = picture_quality([picture for picture, _ in results], video)
+    quality = f"{video.stat().st_size / count / 1024:.1f} KiB/frame, PSNR {psnr:.2f} dB, SSIM {ssim:.4f} against the pictures"
     return [
         ("overlay render (render.overlay)", *median_ms([t for _, t in results]), f"median of {count}"),
-        (f"overlay encode ({codec})", ms(timing.wall / count), ms(timing.cpu / count), f"{count} frames, VideoWriter"),
+        (f"overlay encode ({codec})", ms(timing.wall / count), ms(timing.cpu / count), f"{count} frames, VideoWriter; {quality}"),
     ]
+
+
+def picture_quality(pictures: list[np.ndarray], video: Path) -> tuple[float, float]:
+    """Mean PSNR (dB, RGB) and mean SSIM (luma, 11x11 Gaussian window, sigma 1.5) of ``video``'s frames
+    against the ``[H, W, 3] uint8`` pictures that were encoded into it."""
+    psnrs, ssims = [], []
+    for picture, frame in zip(pictures, open_source(video)):
+        decoded = frame.rgb[: picture.shape[0], : picture.shape[1]]
+        mse = np.mean((picture.astype(np.float64) - decoded) ** 2)
+        psnrs.append(10 * np.log10(255**2 / max(mse, 1e-12)))
+        ssims.append(_ssim(*(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float64) for x in (picture, decoded))))
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two ``[H, W] float64`` grey images in 0..255 (Wang et al. 2004's constants)."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(x, (11, 11), 1.5)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    return float(np.mean((2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))))
