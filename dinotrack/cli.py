@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dinotrack import __version__
-from dinotrack.structs import DinotrackError, UsageError
+from dinotrack.structs import OVERLAY_MAX_SIDE, DinotrackError, UsageError
 
 # Idle OpenMP workers (PyTorch's CPU threads) spin for a long while before they
 # sleep. dinotrack runs decoding, writing and propagation beside the backbone, so
@@ -92,6 +92,14 @@ OverlayOpt = Annotated[
     ),
 ]
 NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4 (same as --overlay none).")]
+OverlayMaxSide = Annotated[
+    int,
+    typer.Option(
+        "--overlay-max-side",
+        help=f"Shrink overlay.mp4 so that its long side is at most N pixels (default {OVERLAY_MAX_SIDE}: 4K "
+        "frames are halved); 0: the frame size. Masks always keep the frame size.",
+    ),
+]
 
 
 def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:
@@ -99,6 +107,11 @@ def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:
     if no_overlay and overlay not in (Overlay.auto, Overlay.none):
         raise UsageError(f"--no-overlay and --overlay {overlay.value} contradict each other: choose one.")
     return Overlay.none.value if no_overlay else overlay.value
+
+
+def _overlay_max_side(pixels: int) -> int | None:
+    """``--overlay-max-side``'s value for :class:`RunOptions` (0: the frame size, ``None``)."""
+    return pixels or None
 
 
 def _version(value: bool) -> None:
@@ -201,6 +214,7 @@ def track(
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png and report.html.")] = None,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    overlay_max_side: OverlayMaxSide = OVERLAY_MAX_SIDE,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output from its last frame (same options).")] = False,
     debug: Debug = False,
@@ -215,6 +229,7 @@ def track(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            overlay_max_side=_overlay_max_side(overlay_max_side),
         )
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
@@ -341,6 +356,7 @@ def batch(
     compile_model: Compile = False,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    overlay_max_side: OverlayMaxSide = OVERLAY_MAX_SIDE,
     address: Address = None,
     num_workers: NumWorkers = None,
     gpus_per_worker: GpusPerWorker = None,
@@ -355,6 +371,7 @@ def batch(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            overlay_max_side=_overlay_max_side(overlay_max_side),
         )
         _run_batch(jobs, output, options, sequences=sequences, address=address, num_workers=num_workers,
                    gpus_per_worker=gpus_per_worker, overwrite=overwrite)

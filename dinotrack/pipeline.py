@@ -54,7 +54,7 @@ from dinotrack.sinks import (
     Prediction,
 )
 from dinotrack.sources import Frame, FrameSource, open_source, prefetch
-from dinotrack.structs import DinotrackError, TrackConfig, UsageError, preset
+from dinotrack.structs import OVERLAY_MAX_SIDE, DinotrackError, TrackConfig, UsageError, preset
 from dinotrack.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -85,7 +85,10 @@ class RunOptions:
     each object's area and confidence), ``"evaluated"`` (against the ground
     truth: missed and wrongly claimed pixels, J and F per frame),
     ``"side-by-side"`` (prediction | ground truth), ``"none"`` (no video), or
-    ``"auto"``: evaluated with ground truth, plain without. ``tweaks``: any other
+    ``"auto"``: evaluated with ground truth, plain without. ``overlay_max_side``:
+    the overlay's long side at most this many pixels (frames larger than that
+    are shrunk for it; ``None``: the frame size); masks always keep the frame
+    size. ``tweaks``: any other
     :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
     experiments; the record's ``settings`` show the result.
     """
@@ -104,6 +107,7 @@ class RunOptions:
     workers: int | None = None
     compile: bool = False
     overlay: OverlayChoice = "auto"
+    overlay_max_side: int | None = OVERLAY_MAX_SIDE
     tweaks: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -114,6 +118,10 @@ class RunOptions:
             raise UsageError(f"--workers must be at least 1 (got {self.workers}).")
         if self.overlay not in get_args(OverlayChoice):
             raise UsageError(f"--overlay must be one of {', '.join(get_args(OverlayChoice))} (got {self.overlay!r}).")
+        if self.overlay_max_side is not None and self.overlay_max_side < 16:
+            raise UsageError(
+                f"--overlay-max-side must be at least 16 pixels, or 0 for the frame size (got {self.overlay_max_side})."
+            )
 
     @property
     def config(self) -> TrackConfig:
@@ -456,7 +464,7 @@ def track_video(
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
     masks = Keyframes(Path(mask), frames)
-    painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, masks, gt)
+    painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, masks, gt, options.overlay_max_side)
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
     if previous is not None and previous.status == "complete":
@@ -497,14 +505,16 @@ def track_video(
     return RunReport(output, record, metrics)
 
 
-def _painter(mode: OverlayMode | None, frames: FrameSource, masks: Keyframes, gt: str | os.PathLike | None) -> Painter | None:
+def _painter(
+    mode: OverlayMode | None, frames: FrameSource, masks: Keyframes, gt: str | os.PathLike | None, max_side: int | None
+) -> Painter | None:
     """What draws the run's overlay pictures (checking the ground truth now, before any output exists)."""
     if mode is None:
         return None
     if mode == "plain":
-        return PlainPainter(frames.size, frames.frame_count, object_ids(masks.get(0)))
+        return PlainPainter(frames.size, frames.frame_count, object_ids(masks.get(0)), max_side=max_side)
     truth = GroundTruth(Path(gt), frames.size)
-    return EvaluatedPainter(frames.size, frames.frame_count, truth, side=mode == "side-by-side")
+    return EvaluatedPainter(frames.size, frames.frame_count, truth, side=mode == "side-by-side", max_side=max_side)
 
 
 def _finish_record(record: RunRecord, run: _Run, stopwatch: _Stopwatch, started: float) -> OSError | None:
