@@ -76,6 +76,17 @@ def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """``"1920x1080"`` -> ``(1080, 1920)``, i.e. ``(H, W)``."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1920x1080 (got {text!r})") from None
+    if min(width, height) < 16:
+        raise argparse.ArgumentTypeError(f"frames must be at least 16x16 (got {text!r})")
+    return height, width
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     choices = [*PARTS, *stages.STAGES]
@@ -90,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keyframe-every", type=int, default=5, help="a keyframe every this many frames")
     parser.add_argument(
         "--keyframe-features", default="oracle", choices=("oracle", "backbone"), help="the keyframe runs' feature cache"
+    )
+    parser.add_argument(
+        "--frame-size", type=frame_size, default=FRAME_SIZE, metavar="WxH",
+        help="frames of the clips, e.g. 1920x1080 or 3840x2160 (default 854x480; DAVIS upscaled bicubic); "
+        "the keyframes and overlay-modes parts keep 854x480",
     )
     parser.add_argument("--model", default="vits16", help="backbone: a registered name or an import path")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
@@ -113,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     machine_table(resolve_device(args.device)).print()
-    print(f"\nFrames: {FOOTAGE.describe()}, {FRAME_SIZE[1]}x{FRAME_SIZE[0]}. CPU time: all threads of the process.")
+    height, width = args.frame_size
+    print(f"\nFrames: {FOOTAGE.describe()}, {width}x{height}. CPU time: all threads of the process.")
     with tempfile.TemporaryDirectory(prefix="dinotrack-benchmark-") as folder:
         work = Workspace(Path(folder), args)
         for part in args.parts:

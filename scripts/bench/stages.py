@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.common import FOOTAGE, FPS, FRAME_SIZE, Row, Table, Timing, Workspace, describe, median_ms, ms, timed, verdict
+from bench.common import FOOTAGE, FPS, Row, Table, Timing, Workspace, describe, median_ms, ms, timed, verdict
 from dinotrack.render import overlay
 from dinotrack.sinks import PngMasks, Prediction
 from dinotrack.sources import Frame, VideoWriter, open_source
@@ -59,7 +59,7 @@ def decode_rows(work: Workspace) -> list[Row]:
     for name, path in (("decode, H.264 mp4", work.video), ("decode, JPEG folder", work.folder)):
         source = open_source(path)
         count, timing = timed(lambda: sum(1 for _ in source))
-        note = f"{count} frames of {FRAME_SIZE[1]}x{FRAME_SIZE[0]}"
+        note = f"{count} frames of {work.frame_size[1]}x{work.frame_size[0]}"
         rows.append((name, ms(timing.wall / count), ms(timing.cpu / count), note))
     return rows
 
@@ -95,7 +95,7 @@ class Clip:
 
 def extract_features(work: Workspace, short_side: int, count: int) -> Clip:
     extractor = work.extractor(short_side)
-    frames = [Frame(index, f"{index:05d}", rgb) for index, rgb in enumerate(FOOTAGE.frames(count))]
+    frames = [Frame(index, f"{index:05d}", rgb) for index, rgb in enumerate(FOOTAGE.frames(count, work.frame_size))]
     extractor.extract(frames[0].rgb)  # warm-up: first-call allocations and kernel selection
     results = [timed(extractor.extract, frame.rgb, device=work.device) for frame in frames]
     return Clip(frames, [features for features, _ in results], [timing for _, timing in results])
@@ -201,7 +201,7 @@ def output_rows(
         write.append(timed(sink.write, Frame(index, f"{index:05d}", frame.rgb), Prediction(ids, {}))[1])
         labelled.append((frame.rgb, ids))
     how = "colour refinement" if config.refine == "colour" else "min-max + argmax" if config.minmax else "argmax"
-    note = f"{FRAME_SIZE[1]}x{FRAME_SIZE[0]}, {len(tracker.labels)} labels, median of {OUTPUT_FRAMES}"
+    note = f"{work.frame_size[1]}x{work.frame_size[0]}, {len(tracker.labels)} labels, median of {OUTPUT_FRAMES}"
     if config.refine == "colour":
         note += "; scores boundary pixels only: cost follows their number"
     rows = [
@@ -217,7 +217,7 @@ def overlay_rows(work: Workspace, labelled: list[tuple[np.ndarray, np.ndarray]])
     results = [timed(overlay, rgb, ids) for rgb, ids in labelled]
 
     def encode() -> str:
-        with VideoWriter(work.root / "overlay.mp4", FPS, FRAME_SIZE) as writer:
+        with VideoWriter(work.root / "overlay.mp4", FPS, work.frame_size) as writer:
             for picture, _ in results:
                 writer.write(picture)
         return writer.codec
