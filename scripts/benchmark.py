@@ -19,6 +19,9 @@ per short side ``S`` of ``--short-sides``, each with the preset it ran
 - ``batch``: the shared DAVIS sequences as one batch on a local Ray
   instance against one after another in this process
   (``scripts/bench/batch.py``).
+- ``cached``: ``dinotrack track --features`` on cached features in a fresh
+  process, start-up included, against the literal algorithm on the same
+  features (``scripts/bench/cached.py``).
 - ``overlay-modes``: each ``--overlay`` mode's picture per frame on one
   thread, against the ground truth (``scripts/bench/overlay_modes.py``; the
   short side plays no part).
@@ -56,7 +59,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it,
 
 import torch  # noqa: E402
 
-from bench import batch, end_to_end, keyframes, memory, overlay_modes, stages  # noqa: E402
+from bench import batch, cached, end_to_end, keyframes, memory, overlay_modes, stages  # noqa: E402
 from bench.common import FOOTAGE, FRAME_SIZE, Table, Workspace, machine_table  # noqa: E402
 from dinotrack.backbones import resolve_device  # noqa: E402
 from dinotrack.structs import PRESETS  # noqa: E402
@@ -68,6 +71,7 @@ PARTS: dict[str, Callable[[Workspace, int], Table]] = {
     "keyframes": keyframes.table,
     "batch": batch.table,
     "overlay-modes": overlay_modes.table,
+    "cached": cached.table,
 }
 """Each part makes one table per short side."""
 

@@ -49,3 +49,10 @@ def test_frame_size_sets_the_clips_frames(monkeypatch: pytest.MonkeyPatch, capsy
     benchmark.main([*TINY_RUN[:1], "decode,output", *TINY_RUN[2:], "--frame-size", "320x176"])
     printed = capsys.readouterr().out
     assert "320x176. CPU time" in printed and "3 frames of 320x176" in printed and "| 320x176, " in printed
+
+
+def test_cached_part_compares_the_features_run_with_the_literal_algorithm(capsys: pytest.CaptureFixture[str]):
+    benchmark.main(["--only", "cached", "--model", "dinotrack.testing:TINY", "--short-sides", "32"])
+    printed = capsys.readouterr().out
+    assert "dinotrack track --features (fresh process)" in printed and "literal / dinotrack" in printed
+    assert "masks identical" in printed

@@ -58,13 +58,16 @@ class ProcessRun:
     peak_rss_mib: float
 
 
-def track_process(work: Workspace, source: Path, output: Path, options: RunOptions) -> ProcessRun:
-    """Run ``dinotrack track source`` with the workspace's mask and ``options`` in a fresh Python
-    process, as a user would (``options.model`` a name or an import path, ``options.weights`` a file)."""
+def track_process(
+    work: Workspace, source: Path, output: Path, options: RunOptions, *, extra: tuple[str, ...] = ()
+) -> ProcessRun:
+    """Run ``dinotrack track source`` with the workspace's mask, ``options`` and the ``extra`` arguments
+    in a fresh Python process, as a user would (``options.model`` a name or an import path,
+    ``options.weights`` a file)."""
     arguments = [
         "track", str(source), "--mask", str(work.mask_file), "--output", str(output), "--model", str(options.model),
         "--weights", str(options.weights), "--device", options.device, "--short-side", str(options.short_side),
-        "--preset", options.preset, "--overwrite",
+        "--preset", options.preset, "--overwrite", *extra,
     ]  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         peak, errors = Path(folder) / "peak", Path(folder) / "stderr"
