@@ -46,7 +46,7 @@ def table(work: Workspace, short_side: int) -> Table:
     literal, identical = literal_run(work, cache, output)
     ratio = literal / run.wall
     target = TARGETS.get(short_side)
-    check = f"; {verdict(ratio, target, at_most=False)}x" if target is not None else ""
+    check = f"; {verdict(ratio, target, at_most=False)}" if target is not None else ""
     result.add("dinotrack track --features (fresh process)", f"{run.wall:.1f}", f"start-up included; CPU {run.cpu:.1f} s")
     result.add("literal algorithm (dinotrack.testing)", f"{literal:.1f}", f"in this process, start-up excluded; {identical}/{FRAMES} masks identical")
     result.add("literal / dinotrack", f"{ratio:.1f}", f"dinotrack is {ratio:.1f}x faster{check}")

@@ -158,7 +158,7 @@ def propagation_rows(work: Workspace, short_side: int, config: TrackConfig, resu
     cpu = statistics.median(t.cpu for t in result.literal) / statistics.median(t.cpu for t in result.fast)
     target = PROPAGATION_TARGETS.get(short_side)
     same_device = work.device.type == "cpu"
-    check = f"; {verdict(wall, target, at_most=False)}x" if target is not None and same_device else ""
+    check = f"; {verdict(wall, target, at_most=False)}" if target is not None and same_device else ""
     queue = f"N={config.context} queue full, median of {len(result.fast)} frames"
     other = "windowed" if result.path == "dense" else "dense"
     return [
