@@ -45,7 +45,7 @@ from dinotrack.manifest import BATCH_RECORD, VideoJob
 from dinotrack.pipeline import RunOptions, RunReport, load_backbone, planned_changes, track_video
 from dinotrack.records import RunRecord
 from dinotrack.report import write_report
-from dinotrack.sources import IMAGE_SUFFIXES
+from dinotrack.sources import IMAGE_SUFFIXES, open_source
 from dinotrack.structs import DinotrackError, UsageError
 
 log = logging.getLogger("dinotrack")
@@ -330,8 +330,8 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address is None:
-        ray.init(**quiet)
+    if address is None:  # "local": a new instance even when `ray start` or RAY_ADDRESS names another one
+        ray.init(address="local", **quiet)
         return True
     _probe(address)
     try:
@@ -527,7 +527,7 @@ class _Driver:
             changes = planned_changes(run, job.source, job.mask, options) if run is not None else []
             if changes and not overwrite:
                 stale.append(f"{job.name} ({'; '.join(changes)})")
-            elif run is not None and run.status == "complete" and not changes:
+            elif run is not None and run.status == "complete" and not changes and _has_exports(output / job.name, options):
                 self.videos[job.name].update(_reused_entry(run, output / job.name))
             else:
                 tasks.append(_Task(job, _estimate_frames(job.source), fresh=bool(changes) or run is None))
@@ -561,6 +561,8 @@ class _Driver:
             self._check_stop()
             self._dispatch()
             tickets = [*self.busy, *self.starting]
+            if not tickets and self.stopping:  # stopped between two videos: nothing is in hand
+                break
             if not tickets:
                 raise DinotrackError("No worker could start, so no video was tracked. See the warnings above.")
             for ticket in self.engine.wait(tickets, POLL_S):
@@ -687,6 +689,11 @@ def _read_run(run_dir: Path) -> RunRecord | None:
         return None
 
 
+def _has_exports(run_dir: Path, options: RunOptions) -> bool:
+    """Whether a complete run holds the exports asked for (if not, resuming it writes them from its masks)."""
+    return all((run_dir / name).is_file() for name in options.export_files)
+
+
 def _reused_entry(run: RunRecord, run_dir: Path) -> dict:
     """The entry of a video whose complete run is reused, not run again."""
     entry = {
@@ -730,6 +737,12 @@ DATASET_FILES = {"global": "global_results.csv", "per_sequence": "per-sequence_r
 """The aggregated scores a batch with ground truth writes beside its runs, as ``dinotrack benchmark`` always has."""
 
 
+def _keyframe_names(job: VideoJob, run: RunRecord) -> set[str]:
+    """The names of the frames whose masks ``run`` was given: left out of the scores, as DAVIS leaves out the first."""
+    frames = open_source(job.source)
+    return {frames.stem(index) for index in run.keyframes}
+
+
 def write_dataset_scores(jobs: list[VideoJob], output: str | os.PathLike, options: RunOptions) -> EvalReport | None:
     """Score every complete video that has ground truth and write the dataset's tables to ``output``.
 
@@ -744,7 +757,7 @@ def write_dataset_scores(jobs: list[VideoJob], output: str | os.PathLike, option
         run = _read_run(output / job.name)
         if job.gt is None or run is None or run.status != "complete":
             continue
-        scored = evaluate(output / job.name / "masks", job.gt, sequences=[job.name])
+        scored = evaluate(output / job.name / "masks", job.gt, sequences=[job.name], exclude=_keyframe_names(job, run))
         report.objects += scored.objects
         report.warnings += scored.warnings
     if not report.objects:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shlex
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich import box
 from rich.table import Table
 
 from dinotrack import __version__
@@ -39,6 +41,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 INTERRUPTED = 130
@@ -47,6 +50,15 @@ INTERRUPTED = 130
 class Preset(str, Enum):
     default = "default"
     paper = "paper"
+
+
+class Direction(str, Enum):
+    forward = "forward"
+    both = "both"
+
+
+class Export(str, Enum):
+    coco = "coco"
 
 
 class Overlay(str, Enum):
@@ -71,6 +83,17 @@ Workers = Annotated[
 ]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (pays off on a GPU for long videos).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")]
+
+
+def _verbose_after_command(value: bool) -> None:
+    if value:
+        _set_verbose(True)
+
+
+Verbose = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", callback=_verbose_after_command, expose_value=False, help="Log debug messages (also FFmpeg's and OpenCV's)."),
+]
 Context = Annotated[Optional[int], typer.Option("--context", help="Past frames kept as context (paper: 7).")]
 Radius = Annotated[Optional[float], typer.Option("--radius", help="Neighbourhood radius in patches (paper: 12).")]
 TopK = Annotated[Optional[int], typer.Option("--topk", help="Most similar context patches kept per patch (paper: 5).")]
@@ -91,6 +114,14 @@ OverlayOpt = Annotated[
         "none. auto: evaluated with ground truth, else plain.",
     ),
 ]
+DirectionOpt = Annotated[
+    Direction,
+    typer.Option(
+        "--direction",
+        help="Frames between two keyframes: both = tracked from the keyframe before and the one after, the two "
+        "fused; forward = from the one before only. Frames before the first keyframe are tracked backward.",
+    ),
+]
 NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4 (same as --overlay none).")]
 OverlayMaxSide = Annotated[
     int,
@@ -100,6 +131,23 @@ OverlayMaxSide = Annotated[
         "frames are halved); 0: the frame size. Masks always keep the frame size.",
     ),
 ]
+
+
+ExportOpt = Annotated[
+    Optional[Export],
+    typer.Option("--export", help="Also write the masks as coco: annotations.coco.json (RLE per object per frame), when the run completes."),
+]
+LabelsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--labels", help='JSON file naming the object ids for --export coco, e.g. {"1": "person", "2": "dog"}. Default: object_<id>.'),
+]
+
+
+def _export_options(export: Export | None, labels: Path | None) -> dict[str, Any]:
+    """``RunOptions`` fields of ``--export`` and ``--labels`` (the labels file read and checked now)."""
+    from dinotrack.coco import read_labels
+
+    return {"export": (export.value,) if export else (), "labels": read_labels(labels) if labels else {}}
 
 
 def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:
@@ -128,8 +176,24 @@ def _main(
     handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
     logger = logging.getLogger("dinotrack")
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    _set_verbose(verbose)
+
+
+def _set_verbose(verbose: bool) -> None:
+    """Debug messages, and the video libraries' own log lines, only with ``--verbose``."""
+    logging.getLogger("dinotrack").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name, quiet in QUIET_VIDEO_LIBRARIES.items():
+        if not verbose:
+            os.environ.setdefault(name, quiet)
+        elif os.environ.get(name) == quiet:
+            del os.environ[name]
+
+
+QUIET_VIDEO_LIBRARIES = {"OPENCV_LOG_LEVEL": "OFF", "OPENCV_FFMPEG_LOGLEVEL": "-8"}  # -8: AV_LOG_QUIET
+"""OpenCV's and FFmpeg's own log lines (``moov atom not found``, ``[ WARN:0] cap.cpp``) are silenced unless
+``--verbose``: dinotrack says what went wrong in its own words. Read when OpenCV first logs and when its
+FFmpeg backend starts, both after the options are parsed (the commands import OpenCV); a value the user set wins."""
 
 
 @contextmanager
@@ -165,38 +229,59 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 @contextmanager
 def _progress(description: str) -> Iterator[tuple[Callable[[int, "int | None"], None], Callable[[str], None]]]:
-    """A rich progress bar; yields (update(done, total), restart(description))."""
+    """A rich progress bar; yields (update(done, total), restart(description)).
+
+    Until the first frame is done, a status line says that the model loads.
+    The bar's frames/s counts the frames done in this process since its first
+    frame (a resumed run's earlier frames do not count); the summary's counts
+    the whole run, start-up included.
+    """
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[fps]:.2f} frames/s"),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
+        TextColumn("left"),
         TimeRemainingColumn(),
     ]
     progress = Progress(*columns, console=console, transient=False)
     task = progress.add_task(description, total=None, fps=0.0, start=False)
+    starting = console.status(f"{description}: checking the inputs and loading the model ...")
+    starting.start()
+    first: dict[str, int] = {}
     try:
         def update(done: int, total: int | None) -> None:
             if not progress.live.is_started:  # shown from the first frame on, not before inputs are checked
+                starting.stop()
                 progress.start()
                 progress.start_task(task)
+            first.setdefault("done", done)
             elapsed = progress.tasks[task].elapsed or 0.0
-            progress.update(task, completed=done, total=total, fps=done / elapsed if elapsed else 0.0)
+            fps = (done - first["done"]) / elapsed if elapsed else 0.0
+            progress.update(task, completed=done, total=total, fps=fps)
 
         def restart(new_description: str) -> None:
+            first.clear()
             progress.reset(task, description=new_description, total=None, fps=0.0)
 
         yield update, restart
     finally:
+        starting.stop()
         progress.stop()
 
 
-@app.command()
+@app.command(short_help="Track the objects of keyframe masks through a video.")
 def track(
+    ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="A video file (mp4, avi, mov, mkv, webm) or a folder of frames (jpg/png, sorted by name).")],
-    mask: Annotated[Path, typer.Option("--mask", help="First frame's label map (PNG: indexed ids or 0/255 grayscale), or a folder of keyframe masks named like the frames.")],
+    mask: Annotated[Path, typer.Option("--mask", help="One frame's label map (PNG: indexed ids or 0/255 grayscale; the first frame's unless --mask-frame says), a folder of keyframe masks named like the frames, or a COCO instances .json (RLE or polygons) of one or more frames.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for masks/, overlay.mp4, run.json (and metrics with --gt).")],
+    mask_frame: Annotated[Optional[str], typer.Option("--mask-frame", help="The frame a single --mask file belongs to: its name or its index from 0. Default: the first frame.")] = None,
+    start: Annotated[Optional[str], typer.Option("--start", help="Track from this frame on (name or index from 0; default the first).")] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Track up to this frame, included (name or index; default the last).")] = None,
+    direction: DirectionOpt = Direction.both,
     model: Model = "vits16",
     weights: Weights = None,
     short_side: ShortSide = None,
@@ -215,11 +300,14 @@ def track(
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
     overlay_max_side: OverlayMaxSide = OVERLAY_MAX_SIDE,
+    export: ExportOpt = None,
+    labels: LabelsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --output from its last frame (same options).")] = False,
     debug: Debug = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Track the objects of the first frame's mask through a video."""
+    """Track the objects of keyframe masks (on any frames) through a video."""
     with _reported(debug):
         from dinotrack.pipeline import RunOptions, track_video
 
@@ -230,34 +318,53 @@ def track(
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
             overlay_max_side=_overlay_max_side(overlay_max_side),
+            direction=direction.value,
+            **_export_options(export, labels),
         )
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
                 source, mask, output, options, gt=gt, features=features, overwrite=overwrite, resume=resume,
-                on_progress=on_progress, stop=stop,
+                mask_frame=mask_frame, start=start, end=end, on_progress=on_progress, stop=stop,
             )
         _print_run_summary(report)
         if gt is not None:
             console.print(f"Wrote {output / 'report.html'}")
         if report.status == "interrupted":
+            console.print(f"[yellow]Interrupted.[/] To continue, run:\n  {_resume_command(ctx)}", highlight=False, soft_wrap=True)
             raise typer.Exit(INTERRUPTED)
 
 
+def _resume_command(ctx: typer.Context, *, flag: str | None = "--resume") -> str:
+    """The command line that continues this run: the options given, ``flag`` instead of ``--overwrite``."""
+    words = ["dinotrack", ctx.info_name or "track"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.name in ("overwrite", "resume") or value is None or value is False or value == param.default:
+            continue
+        value = str(getattr(value, "value", value))
+        if param.param_type_name == "argument":
+            words.append(value)
+        else:
+            words += [max(param.opts, key=len)] + ([] if value == "True" else [value])
+    return shlex.join([*words, *filter(None, [flag])])
+
+
 def _print_run_summary(report: Any) -> None:
-    table = Table(title=f"dinotrack: {report.status}", show_header=False)
+    table = _table(f"dinotrack: {report.status}", ("", ""), left=2, show_header=False)
     table.add_row("output", str(report.output))
     table.add_row("frames", f"{report.frames_done}" + (f" / {report.frames_total}" if report.frames_total else ""))
-    table.add_row("frames/s", f"{report.fps:.2f}")
+    table.add_row("keyframes", f"{len(report.record.keyframes)} of {report.frames_total or report.frames_done} (masks given)")
+    table.add_row("frames/s overall", f"{report.fps:.2f} (start-up included)")
     for stage, seconds in report.seconds.items():
         table.add_row(f"{stage} (s)", f"{seconds:.2f}")
     if report.metrics is not None:
         figures = report.metrics.scores.as_dict()
         for key in ("J&F-Mean", "J-Mean", "F-Mean"):
-            table.add_row(key, f"{figures[key]:.4f}")
-    Console().print(table)
+            table.add_row(f"{key} (%)", _percent(figures[key]))
+    _stdout().print(table)
 
 
-@app.command()
+@app.command(short_help="Cache every frame's features for `track --features`.")
 def features(
     source: Annotated[Path, typer.Argument(help="A video file or a folder of frames.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for meta.json and one <frame>.npy per frame.")],
@@ -268,7 +375,9 @@ def features(
     batch_size: BatchSize = 1,
     workers: Workers = None,
     compile_model: Compile = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the feature cache already in --output.")] = False,
     debug: Debug = False,
+    verbose: Verbose = False,
 ) -> None:
     """Write the dense features of every frame to a cache that `track --features` reuses."""
     with _reported(debug):
@@ -279,13 +388,13 @@ def features(
             workers=workers, compile=compile_model,
         )
         with _stop_on_signals() as stop, _progress("Features") as (on_progress, _):
-            done = extract_features(source, output, options, on_progress=on_progress, stop=stop)
+            done = extract_features(source, output, options, overwrite=overwrite, on_progress=on_progress, stop=stop)
         console.print(f"Wrote the features of {done} frames to {output}")
         if stop.is_set():
             raise typer.Exit(INTERRUPTED)
 
 
-@app.command()
+@app.command(short_help="Score masks against ground truth (DAVIS J and F).")
 def evaluate(
     pred: Annotated[Path, typer.Argument(help="Predicted masks: one sequence's PNG folder, or a root with one folder per sequence.")],
     gt: Annotated[Path, typer.Argument(help="Ground truth in the same layout (a DAVIS root or Annotations/480p works).")],
@@ -294,6 +403,7 @@ def evaluate(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of J and F per frame for each object.")] = None,
     all_frames: Annotated[bool, typer.Option("--all-frames", help="Keep the first and last frame (the DAVIS protocol drops them).")] = False,
     debug: Debug = False,
+    verbose: Verbose = False,
 ) -> None:
     """Score predicted masks against ground truth with the DAVIS 2017 toolkit's J and F."""
     with _reported(debug):
@@ -311,19 +421,42 @@ def evaluate(
 
 
 def _print_eval_table(report: Any) -> None:
+    """One row per object, worst first, in percent with one decimal as the DAVIS papers print them."""
     from dinotrack.evaluation import report_rows
 
-    rows = report_rows(report)
-    table = Table(title="DAVIS J&F (worst first)")
-    for column in rows[0] if rows else []:
-        table.add_column(column, justify="right" if column not in ("sequence",) else "left")
-    for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+    table = _table("DAVIS J&F in % (worst first)", ("sequence", "obj", "J&F", "J", "F", "J rec", "F rec", "frames"))
+    keys = ("J&F-Mean", "J-Mean", "F-Mean", "J-Recall", "F-Recall")
+    for row in report_rows(report):
+        table.add_row(str(row["sequence"]), str(row["object"]), *(_percent(row[key]) for key in keys), str(row["frames"]))
+    _stdout().print(table)
     summary = report.scores.as_dict()
-    Console().print(
-        f"J&F-Mean {summary['J&F-Mean']:.4f}   J-Mean {summary['J-Mean']:.4f}   F-Mean {summary['F-Mean']:.4f}"
+    _stdout().print(
+        f"J&F-Mean {_percent(summary['J&F-Mean'])}   J-Mean {_percent(summary['J-Mean'])}   "
+        f"F-Mean {_percent(summary['F-Mean'])}   (%)"
     )
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _stdout() -> Console:
+    return Console()
+
+
+def _table(title: str | None, columns: tuple[str, ...], *, left: int = 1, show_header: bool = True) -> Table:
+    """A table that fits 80 columns: light rules in a terminal, plain aligned text otherwise (logs, pipes).
+
+    The first ``left`` columns are text (left-aligned), the others numbers. A
+    cell too long wraps (folds); none is cut short with an ellipsis.
+    """
+    table = Table(
+        title=title, box=box.SIMPLE if _stdout().is_terminal else None, show_header=show_header,
+        pad_edge=False, title_justify="left",
+    )
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index < left else "right", overflow="fold")
+    return table
 
 
 Sequences = Annotated[Optional[str], typer.Option("--sequences", help="Comma-separated sequence names of a DAVIS root (default: all).")]
@@ -336,8 +469,9 @@ GpusPerWorker = Annotated[Optional[float], typer.Option("--gpus-per-worker", min
 OverwriteRuns = Annotated[bool, typer.Option("--overwrite", help="Track again the videos whose earlier runs in --output used other settings.")]
 
 
-@app.command()
+@app.command(short_help="Track many videos on Ray workers (resumable).")
 def batch(
+    ctx: typer.Context,
     jobs: Annotated[Path, typer.Argument(help="A manifest (.csv with a header, or .jsonl; fields source, mask, and optionally gt, name) or a DAVIS-layout root.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for one run per video, batch.json and, with ground truth, the dataset's scores.")],
     sequences: Sequences = None,
@@ -357,11 +491,15 @@ def batch(
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
     overlay_max_side: OverlayMaxSide = OVERLAY_MAX_SIDE,
+    direction: DirectionOpt = Direction.both,
+    export: ExportOpt = None,
+    labels: LabelsOpt = None,
     address: Address = None,
     num_workers: NumWorkers = None,
     gpus_per_worker: GpusPerWorker = None,
     overwrite: OverwriteRuns = False,
     debug: Debug = False,
+    verbose: Verbose = False,
 ) -> None:
     """Track many videos at once, on every core, GPU and machine of a Ray cluster (resumable)."""
     with _reported(debug):
@@ -372,19 +510,25 @@ def batch(
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
             overlay_max_side=_overlay_max_side(overlay_max_side),
+            direction=direction.value,
+            **_export_options(export, labels),
         )
         _run_batch(jobs, output, options, sequences=sequences, address=address, num_workers=num_workers,
-                   gpus_per_worker=gpus_per_worker, overwrite=overwrite)
+                   gpus_per_worker=gpus_per_worker, overwrite=overwrite, again=_resume_command(ctx, flag=None))
 
 
 app.command(
     "benchmark",
     help="Track every sequence of a DAVIS-layout dataset and score it: the same runner as `batch`, given a DAVIS root.",
+    short_help="Track and score every sequence of a DAVIS root.",
 )(batch)
 
 
-def _run_batch(jobs_path: Path, output: Path, options: Any, *, sequences: str | None, **engine: Any) -> None:
-    """Read the jobs (every mistake before any work), run them, print the tables, exit 1 or 130 as the batch ended."""
+def _run_batch(jobs_path: Path, output: Path, options: Any, *, sequences: str | None, again: str, **engine: Any) -> None:
+    """Read the jobs (every mistake before any work), run them, print the tables, exit 1 or 130 as the batch ended.
+
+    ``again``: the command line that resumes the batch, printed when it is interrupted.
+    """
     from dinotrack.batch import DATASET_FILES, run_batch, write_dataset_scores
     from dinotrack.manifest import BATCH_RECORD, read_jobs
 
@@ -399,7 +543,7 @@ def _run_batch(jobs_path: Path, output: Path, options: Any, *, sequences: str | 
         console.print(f"Wrote {output / DATASET_FILES['global']} and {output / DATASET_FILES['per_sequence']}")
     console.print(f"Wrote {output / BATCH_RECORD}" + (f" and {output / 'report.html'}" if record.videos else ""))
     if record.status == "interrupted":
-        console.print("[yellow]Interrupted:[/] run the same command again to resume the unfinished videos.")
+        console.print(f"[yellow]Interrupted.[/] To resume the unfinished videos, run:\n  {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(INTERRUPTED)
     if record.failed:
         console.print(f"[bold red]Failed:[/] {', '.join(record.failed)} (see batch.json for each error).", highlight=False)
@@ -445,22 +589,22 @@ def _batch_progress() -> Iterator[Callable[[str, dict], None]]:
 
 
 def _print_batch_table(record: Any) -> None:
-    table = Table(title=f"dinotrack batch: {record.status} ({record.engine}, {record.workers} workers, {record.model_loads} model loads)")
-    for column in ("video", "status", "frames", "frames/s", "J&F"):
-        table.add_column(column, justify="left" if column in ("video", "status") else "right")
+    title = f"dinotrack batch: {record.status} ({record.engine}, {record.workers} workers, {record.model_loads} model loads)"
+    table = _table(title, ("video", "status", "frames", "frames/s", "J&F %"), left=2)
     for video in record.videos:
         frames = f"{video['frames_done']}" + (f"/{video['frames_total']}" if video.get("frames_total") else "")
         status = video["status"] + (" (reused)" if video.get("skipped") else "")
-        score = f"{100 * video['J&F-Mean']:.1f}" if "J&F-Mean" in video else ""
+        score = _percent(video["J&F-Mean"]) if "J&F-Mean" in video else ""
         table.add_row(video["name"], status, frames, f"{video.get('fps', 0.0):.2f}", score)
-    Console().print(table)
+    _stdout().print(table)
 
 
-@app.command()
+@app.command(short_help="Write one HTML page of the runs in a folder.")
 def report(
     directory: Annotated[Path, typer.Argument(help="A `track` output (holding run.json) or a `benchmark`/`batch` output (runs in its sub-folders).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The HTML file to write. Default: DIR/report.html.")] = None,
     debug: Debug = False,
+    verbose: Verbose = False,
 ) -> None:
     """Write one self-contained HTML page of the runs in DIR: scores, charts, overlay videos, worst frames."""
     with _reported(debug):
@@ -469,17 +613,40 @@ def report(
         console.print(f"Wrote {write_report(directory, output)}")
 
 
-@app.command()
-def models() -> None:
-    """List the backbones dinotrack knows."""
+@app.command(short_help="Masks between a PNG folder and a COCO file.")
+def convert(
+    source: Annotated[Path, typer.Argument(help="A folder of palette PNG masks, or a COCO instances .json file.")],
+    destination: Annotated[Path, typer.Argument(help="The COCO .json to write (from a folder), or the new masks folder (from a .json).")],
+    labels: Annotated[Optional[Path], typer.Option("--labels", help='Names of the object ids for a COCO file written, e.g. {"1": "person"}.')] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DESTINATION if it exists.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Convert masks between a folder of palette PNGs and a COCO instances file (RLE), either way, exactly."""
+    with _reported(debug):
+        from dinotrack.coco import convert, read_labels
+
+        written = convert(source, destination, labels=read_labels(labels) if labels else None, overwrite=overwrite)
+        console.print(f"Wrote {written} frame(s) to {destination}")
+
+
+@app.command(short_help="List the backbones and their hub weights.")
+def models(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the list as JSON (every field, for scripts).")] = False,
+) -> None:
+    """List the backbones dinotrack knows, with the hub weights each loads."""
+    import json
+
     from dinotrack.backbones import list_backbones
 
-    table = Table(title="DINOv3 backbones")
-    for column in ("name", "timm name", "params", "dim", "weights"):
-        table.add_column(column)
-    for spec in list_backbones():
-        table.add_row(spec.name, spec.timm_name, spec.params, str(spec.dim), spec.hub_id)
-    Console().print(table)
+    specs = list_backbones()
+    if json_output:
+        fields = ("name", "timm_name", "hub_id", "params", "dim", "depth", "patch_size", "meta_file")
+        print(json.dumps([{key: getattr(spec, key) for key in fields} for spec in specs], indent=2))
+        return
+    table = _table("DINOv3 backbones", ("name", "weights (Hugging Face)", "params", "dim"), left=2)
+    for spec in specs:
+        table.add_row(spec.name, spec.hub_id or "none published", spec.params, str(spec.dim))
+    _stdout().print(table)
 
 
 def main() -> None:

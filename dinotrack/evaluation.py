@@ -23,7 +23,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,9 +40,13 @@ from dinotrack.structs import DinotrackError, UsageError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from dinotrack.sources import FrameSource
+
 FIGURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 VOID_ID = 255
 SHOWN_NAMES = 5
+PLOT_ROWS = 8
+"""Objects plotted one under the other; more go in two columns."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ def evaluate(
     all_frames: bool = False,
     sequences: Sequence[str] | None = None,
     binarize_predictions: bool = False,
+    frames: Collection[str] | None = None,
+    exclude: Collection[str] = (),
 ) -> EvalReport:
     """Score the predicted masks in ``pred`` against the ground truth in ``gt``.
 
@@ -171,7 +177,9 @@ def evaluate(
     ground truth's folder. ``binarize_predictions`` turns every id > 0 into object
     1, to score multi-object predictions against single-object (DAVIS-2016)
     ground truth. Prediction ids that are not objects of the ground truth are
-    ignored and reported in ``report.warnings``.
+    ignored and reported in ``report.warnings``. ``frames``: score only the
+    ground-truth frames of these names (a run over part of a video); the
+    first and last of them are left out as usual.
 
     Raises :class:`UsageError` for missing folders or frames, empty prediction
     folders and frames whose sizes differ.
@@ -180,7 +188,9 @@ def evaluate(
     report = EvalReport(objects=[])
     for name, pred_dir, gt_dir in pairs:
         report.objects += _evaluate_sequence(
-            name, pred_dir, gt_dir, all_frames=all_frames, binarize=binarize_predictions, warnings=report.warnings
+            name, pred_dir, gt_dir, all_frames=all_frames, binarize=binarize_predictions, warnings=report.warnings,
+            only=frames,
+            exclude=exclude,
         )
     if not report.objects:
         raise UsageError(
@@ -251,7 +261,8 @@ def write_csv(
 
 
 def write_plot(report: EvalReport, path: str | os.PathLike) -> None:
-    """Write one PNG with J and F per frame for each object (a grid of small plots), atomically."""
+    """Write one PNG with J and F per frame, one panel per object (1000 px wide, 2000 px past
+    :data:`PLOT_ROWS` objects), titled with the sequence and its mean J&F, atomically."""
     figure = _plot_figure(report)
     _writable(path)
     atomic_write(path, lambda target: figure.savefig(target, format="png", dpi=100))
@@ -263,15 +274,17 @@ def _writable(path: str | os.PathLike) -> None:
 
 
 def _evaluate_sequence(
-    name: str, pred_dir: Path, gt_dir: Path, *, all_frames: bool, binarize: bool, warnings: list[str]
+    name: str, pred_dir: Path, gt_dir: Path, *, all_frames: bool, binarize: bool, warnings: list[str],
+    only: Collection[str] | None = None,
+    exclude: Collection[str] = (),
 ) -> list[ObjectResult]:
-    frames = _frame_names(gt_dir)
+    frames = [frame for frame in _frame_names(gt_dir) if only is None or frame in only]
     if not frames:
         raise UsageError(
             f"Ground-truth folder {gt_dir} holds no PNG masks. Point GT at the annotations of the sequences."
         )
     objects = object_ids(read_ids(gt_dir / f"{frames[0]}.png", ground_truth=True))
-    scored = frames if all_frames else frames[1:-1]
+    scored = [frame for frame in (frames if all_frames else frames[1:-1]) if frame not in exclude]
     if not scored:
         raise UsageError(
             f"Sequence {name} has {len(frames)} annotated frame(s): none is left once the first and last "
@@ -285,6 +298,71 @@ def _evaluate_sequence(
         pred_ids = (pred_ids > 0).view(np.uint8)
     warnings += _sequence_warnings(name, objects, pred_ids)
     return [_score_object(name, object_id, scored, pred_ids == object_id, gt_ids == object_id) for object_id in objects]
+
+
+def check_ground_truth(gt_dir: Path, source: FrameSource, *, keyframes: Collection[str] = ()) -> list[str]:
+    """Check, before a run of ``source``, that the masks in ``gt_dir`` can score it; returns warnings.
+
+    Raises :class:`UsageError` when a mask is not named like a frame (all
+    names are checked, sizes read from the file headers), when a mask's size
+    differs from the frames', or when every frame to score (the DAVIS protocol:
+    all but the first and last) is one of the ``keyframes`` (frame names).
+    """
+    names = _frame_names(gt_dir)
+    if not names:
+        raise UsageError(f"--gt {gt_dir} holds no PNG masks. Give the folder of ground-truth PNG masks named like the frames.")
+    _require_paired_names(gt_dir, names, source)
+    height, width = source.size
+    for name in names:
+        size = image_size(gt_dir / f"{name}.png")
+        if size is not None and size != (width, height):
+            raise UsageError(
+                f"Ground truth {gt_dir / (name + '.png')} is {size[0]}x{size[1]}, but the frames are {width}x{height}. "
+                "Give ground-truth masks at the frames' size."
+            )
+    warnings = []
+    if source.frame_count is not None and len(names) < source.frame_count:
+        warnings.append(f"--gt {gt_dir} annotates {len(names)} of the {source.frame_count} frames; only those are scored.")
+    scored = names[1:-1]
+    if not scored:
+        raise UsageError(
+            f"--gt {gt_dir} holds {len(names)} masks: none is left to score once the first and last are left out, "
+            "as the DAVIS protocol does. Give the ground truth of at least 3 frames, or score the masks afterwards "
+            "with `dinotrack evaluate --all-frames`."
+        )
+    given = [name for name in scored if name in keyframes]
+    if given and len(given) == len(scored):
+        raise UsageError(
+            f"Every frame that --gt {gt_dir} scores is also a keyframe of --mask, so the score would only "
+            "compare the given masks with themselves. Give the first frame's mask (or fewer keyframes) as --mask."
+        )
+    if given:
+        warnings.append(
+            f"{len(given)} of the {len(scored)} frames to score are keyframes (their masks are given, not tracked): "
+            "they are left out of the scores, as DAVIS leaves out the first frame."
+        )
+    return warnings
+
+
+def _require_paired_names(gt_dir: Path, names: list[str], source: FrameSource) -> None:
+    """Every ground-truth mask must be named like a frame (``00000`` for a video's first frame)."""
+    if source.kind == "folder":
+        known = {file.stem for file in source.files}
+        unpaired = [name for name in names if name not in known]
+    else:
+        unpaired = [name for name in names if not (name.isdigit() and source.stem(int(name)) == name)]
+    if unpaired:
+        shown = min(2, len(source.files)) if source.kind == "folder" else 2
+        which = (
+            f"No ground-truth mask in {gt_dir} is" if len(unpaired) == len(names)
+            else f"{len(unpaired)} of the {len(names)} ground-truth masks in {gt_dir} are not"
+        )
+        raise UsageError(
+            f"{which} named like a frame of {source.path} "
+            f"({_listed([name + '.png' for name in unpaired])}), while its frames are named "
+            f"{', '.join(source.stem(index) for index in range(shown))}, ... Name each mask like its "
+            f"frame ({source.stem(0)}.png for the first), or give the ground truth of this video."
+        )
 
 
 def _score_object(sequence: str, object_id: int, frames: list[str], pred: np.ndarray, gt: np.ndarray) -> ObjectResult:
@@ -429,17 +507,23 @@ def _plot_figure(report: EvalReport) -> Figure:
         raise DinotrackError(
             'Plotting needs matplotlib, a dependency of dinotrack that is missing here: pip install matplotlib.'
         ) from None
-    columns = min(4, len(report.objects))
-    rows = -(-len(report.objects) // columns)
-    figure = Figure(figsize=(4 * columns, 2.6 * rows), layout="constrained")
-    for index, result in enumerate(report.objects, start=1):
+    objects = report.objects
+    columns = 1 if len(objects) <= PLOT_ROWS else 2
+    rows = -(-len(objects) // columns)
+    figure = Figure(figsize=(10 * columns, 1.2 + 2.4 * rows), layout="constrained")
+    sequences = list(dict.fromkeys(result.sequence for result in objects))
+    named = sequences[0] if len(sequences) == 1 else f"{len(sequences)} sequences"
+    figure.suptitle(f"{named}: J&F-Mean {100 * report.scores.jf_mean:.1f}% over {len(objects)} object(s)", fontsize=13)
+    for index, result in enumerate(objects, start=1):
         axes = figure.add_subplot(rows, columns, index)
-        axes.plot(_frame_axis(result.frames), result.j, label="J")
-        axes.plot(_frame_axis(result.frames), result.f, label="F")
+        axes.plot(_frame_axis(result.frames), result.j, label="J (region)")
+        axes.plot(_frame_axis(result.frames), result.f, label="F (boundary)")
         axes.set_ylim(0, 1.05)
-        axes.set_title(f"{result.sequence} #{result.object_id}  J&F {result.scores.jf_mean:.3f}", fontsize=9)
-        axes.set_xlabel("frame", fontsize=8)
-        axes.legend(loc="lower left", fontsize=7)
+        axes.set_ylabel("score (0-1)")
+        axes.set_title(f"{result.sequence}, object {result.object_id}: J&F {100 * result.scores.jf_mean:.1f}%", fontsize=11)
+        axes.set_xlabel("frame")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower left", fontsize=8)
     return figure
 
 

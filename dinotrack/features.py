@@ -10,12 +10,18 @@ batches.
 Feature cache contract (``dinotrack features``): ``DIR/meta.json`` with
 ``model``, ``patch_size``, ``short_side``, ``grid`` [h, w], ``frame_size``
 [H, W], ``dim``, ``frames``, ``dtype``; one ``DIR/<frame-stem>.npy`` per frame,
-``[h, w, D] float16``, L2-normalised.
+``[h, w, D] float16``, L2-normalised. ``meta.json`` may also say which frames it
+was made from: ``source`` with ``path``, ``kind``, ``fingerprint`` (sha256 of
+the video's first MiB, or of the first frame file's) and ``names_sha256`` (of
+the names of the frames written, one per line); a cache that has it is
+checked against the video it is used for before any work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,9 +35,10 @@ import torch.nn.functional as F
 
 from dinotrack.backbones import Backbone
 from dinotrack.files import atomic_write, atomic_write_json
-from dinotrack.sources import Frame
+from dinotrack.sources import Frame, FrameSource
 from dinotrack.structs import DinotrackError, UsageError, check_short_side
 
+log = logging.getLogger("dinotrack")
 META_KEYS = ("model", "patch_size", "short_side", "grid", "frame_size", "dim", "frames", "dtype")
 
 
@@ -232,6 +239,53 @@ class FeatureCache:
             yield frame, self.load(frame.stem, device)
 
 
+def source_identity(source: FrameSource) -> dict[str, str]:
+    """What a cache records of the frames it is made from (``names_sha256`` is added as it is written)."""
+    first = source.path if source.kind == "video" else source.files[0]
+    with first.open("rb") as stream:
+        fingerprint = hashlib.sha256(stream.read(FINGERPRINT_BYTES)).hexdigest()
+    return {"path": str(source.path.resolve()), "kind": source.kind, "fingerprint": fingerprint}
+
+
+FINGERPRINT_BYTES = 1 << 20
+
+
+def names_sha256(names: Iterable[str]) -> str:
+    """sha256 of frame names, one per line."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}\n".encode())
+    return digest.hexdigest()
+
+
+def check_cache_source(cache: FeatureCache, source: FrameSource) -> None:
+    """Refuse, before any work, a cache of other frames than ``source``'s: other content, fewer frames,
+    other names or size. A cache without ``source`` (written by another tool) is checked frame by frame only."""
+    height, width = source.size
+    if cache.frame_size != source.size:
+        raise UsageError(
+            f"--features {cache.path} was made from {cache.frame_size[1]}x{cache.frame_size[0]} frames, but the frames "
+            f"of {source.path} are {width}x{height}. Use the cache made from this video, or track without --features."
+        )
+    made = cache.meta.get("source")
+    if not isinstance(made, dict):
+        return
+    other = f"--features {cache.path} was made from {made.get('path')}"
+    remake = f"Make the cache of this video with `dinotrack features {source.path} --output DIR`, or track without --features."
+    if made.get("fingerprint") != source_identity(source)["fingerprint"]:
+        raise UsageError(f"{other}, whose content differs from {source.path}'s. {remake}")
+    count = cache.meta.get("frames")
+    if source.frame_count is not None and isinstance(count, int) and count < source.frame_count:
+        raise UsageError(
+            f"{other} and holds the features of {count} frames, but {source.path} has {source.frame_count} "
+            f"(the cache is {'complete' if cache.meta.get('complete') else 'unfinished'}). {remake}"
+        )
+    if source.kind == "folder" and made.get("names_sha256") != names_sha256(file.stem for file in source.files[:count]):
+        raise UsageError(f"{other}, whose frames are named otherwise than those of {source.path}. {remake}")
+    if made.get("path") != str(source.path.resolve()):
+        log.info("Using the feature cache of %s (the same frames, moved) for %s.", made.get("path"), source.path)
+
+
 def open_feature_cache(path: str | os.PathLike) -> FeatureCache:
     """Read and validate ``DIR/meta.json``; raises :class:`UsageError` when it breaks the contract."""
     path = Path(path)
@@ -272,6 +326,7 @@ class FeatureCacheWriter:
         self.path = path
         self.meta = {**meta, "dtype": "float16", "complete": False}
         self.frames_written = 0
+        self._names: list[str] = []
         path.mkdir(parents=True, exist_ok=True)
         self._write_meta()
 
@@ -280,9 +335,12 @@ class FeatureCacheWriter:
         array = features.to("cpu", torch.float16).numpy()
         atomic_write(self.path / f"{stem}.npy", lambda temporary: _save_npy(temporary, array))
         self.frames_written += 1
+        self._names.append(stem)
 
     def close(self, *, complete: bool) -> None:
         self.meta.update(frames=self.frames_written, complete=complete)
+        if isinstance(self.meta.get("source"), dict):
+            self.meta["source"] = {**self.meta["source"], "names_sha256": names_sha256(self._names)}
         self._write_meta()
 
     def _write_meta(self) -> None:

@@ -19,6 +19,9 @@ from dinotrack.inputs import image_size, path_problem, printable, too_many_pixel
 from dinotrack.structs import UsageError
 
 MAX_ID = 254
+GREY_LEVELS = 16
+"""A grayscale mask with more distinct values than this, spread over twice as many, is a blurred
+0/255 mask rather than object ids (ids are numbered closely)."""
 
 
 def davis_palette() -> np.ndarray:
@@ -52,6 +55,11 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
         check_mask_pixels(path, image_size(path))
         with Image.open(path) as image:
             check_mask_pixels(path, image.size)
+            if image.format == "JPEG":
+                raise UsageError(
+                    f"Mask {path} is a JPEG image. Save masks as PNG: JPEG compression adds grey levels "
+                    "around the edges, which would read as other objects."
+                )
             image.load()
             return _ids_from_image(image, path)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
@@ -86,6 +94,12 @@ def _ids_from_image(image: Image.Image, path: Path) -> np.ndarray:
         return (values > 0).astype(np.uint8)
     if present.size == 1 and present[0] in (255, 65535):
         return np.ones(values.shape, dtype=np.uint8)
+    if present.size > GREY_LEVELS and present[-1] >= 2 * present.size:
+        raise UsageError(
+            f"Mask {path} holds {present.size} grey levels spread up to {present[-1]}: a 0/255 mask whose edges "
+            "were blurred, as JPEG compression or anti-aliasing do, not object ids. Save masks as PNG (JPEG "
+            "compression adds grey levels), with 0 for the background and 255 (or one id per object) inside."
+        )
     return _checked_ids(values, path)
 
 

@@ -17,32 +17,43 @@ already-built backbone, so that one loaded model can serve many videos:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-import cv2
 import numpy as np
 import torch
 
 from dinotrack.backbones import Backbone, create_backbone, get_backbone_spec, resolve_device, weights_source
+from dinotrack.coco import COCO_FILE, CocoWriter, check_labels
 from dinotrack.confidence import ConfidenceLog, keyframe_confidence, object_confidence, sharp_drops
-from dinotrack.evaluation import EvalReport, evaluate, write_csv, write_json, write_plot
-from dinotrack.features import FeatureCache, FeatureCacheWriter, FeatureExtractor, open_feature_cache
+from dinotrack.evaluation import EvalReport, check_ground_truth, evaluate, write_csv, write_json, write_plot
+from dinotrack.features import (
+    FeatureCache,
+    FeatureCacheWriter,
+    FeatureExtractor,
+    check_cache_source,
+    open_feature_cache,
+    source_identity,
+)
 from dinotrack.files import atomic_write
+from dinotrack.fusion import Side, fuse
+from dinotrack.keyframes import FrameRange, Keyframes, frame_index, frame_range, open_keyframes
 from dinotrack.masks import object_ids, read_label_map
 from dinotrack.records import RUN_FILE, RunRecord, library_versions
 from dinotrack.report import REPORT_FILE, write_report
 from dinotrack.sinks import (
     SINK_TYPES,
+    CocoAnnotations,
     EvaluatedPainter,
     GroundTruth,
     MaskSink,
@@ -53,7 +64,9 @@ from dinotrack.sinks import (
     PngMasks,
     Prediction,
 )
+from dinotrack.schedule import DIRECTIONS, Direction, Schedule
 from dinotrack.sources import Frame, FrameSource, open_source, prefetch
+from dinotrack.spill import SPILL_FOLDER, Spill
 from dinotrack.structs import OVERLAY_MAX_SIDE, DinotrackError, TrackConfig, UsageError, preset
 from dinotrack.tracker import Tracker
 
@@ -69,6 +82,8 @@ RESULT_FILES = (RUN_FILE, STATE_FILE, *(sink.file for sink in SINK_TYPES), *METR
 """Everything a run may leave in its folder: another run's results are recognised by these."""
 OverlayChoice = Literal["auto", "plain", "evaluated", "side-by-side", "none"]
 """``overlay.mp4``'s pictures: see :class:`RunOptions`."""
+ExportFormat = Literal["coco"]
+"""Extra result files ``--export`` may ask for: ``coco`` writes :data:`~dinotrack.coco.COCO_FILE`."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +103,15 @@ class RunOptions:
     ``"auto"``: evaluated with ground truth, plain without. ``overlay_max_side``:
     the overlay's long side at most this many pixels (frames larger than that
     are shrunk for it; ``None``: the frame size); masks always keep the frame
-    size. ``tweaks``: any other
+    size. ``export``: extra formats of the masks, written when the run
+    completes (``("coco",)``: ``annotations.coco.json``); ``labels``:
+    ``{object id: name}`` for the COCO categories (every id named must be in
+    the keyframes). ``tweaks``: any other
     :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
-    experiments; the record's ``settings`` show the result.
+    experiments; the record's ``settings`` show the result. ``direction``:
+    ``"both"`` tracks the frames between two keyframes from both and fuses
+    the two (see :mod:`dinotrack.schedule`), ``"forward"`` only from the one
+    before; frames before the first keyframe are tracked backward either way.
     """
 
     preset: str = "default"
@@ -108,6 +129,9 @@ class RunOptions:
     compile: bool = False
     overlay: OverlayChoice = "auto"
     overlay_max_side: int | None = OVERLAY_MAX_SIDE
+    direction: Direction = "both"
+    export: tuple[ExportFormat, ...] = ()
+    labels: Mapping[int, str] = field(default_factory=dict)
     tweaks: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,6 +146,18 @@ class RunOptions:
             raise UsageError(
                 f"--overlay-max-side must be at least 16 pixels, or 0 for the frame size (got {self.overlay_max_side})."
             )
+        if self.direction not in DIRECTIONS:
+            raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)} (got {self.direction!r}).")
+        unknown = set(self.export) - set(get_args(ExportFormat))
+        if unknown:
+            raise UsageError(f"--export must be one of {', '.join(get_args(ExportFormat))} (got {', '.join(sorted(unknown))}).")
+        if self.labels and "coco" not in self.export:
+            raise UsageError("--labels names the categories of the COCO export: pass --export coco with it.")
+
+    @property
+    def export_files(self) -> list[str]:
+        """The files ``export`` adds to a run's folder."""
+        return [COCO_FILE] if "coco" in self.export else []
 
     @property
     def config(self) -> TrackConfig:
@@ -247,79 +283,6 @@ def _close_all(sinks: list[MaskSink]) -> None:
         _close_all(sinks[1:])
 
 
-class Keyframes:
-    """Keyframe masks by frame index, from a PNG (the first frame's) or a folder of PNGs named like the frames.
-
-    Files are read when their frame comes, except the first, which is read
-    and checked at once (it must hold an object), before any output exists.
-    """
-
-    def __init__(self, path: Path, source: FrameSource) -> None:
-        self.frame_size = source.size
-        self.files = _keyframe_files(path, source) if path.is_dir() else {0: path}
-        self._first = read_keyframe(self.files[0], self.frame_size)
-        if not object_ids(self._first):
-            raise UsageError(
-                f"The first frame's mask {self.files[0]} holds no object: every pixel is background (0). "
-                "Give a mask in which each object to track has its own non-zero id."
-            )
-
-    def get(self, index: int) -> np.ndarray | None:
-        """``[H, W] uint8`` ids of frame ``index``'s mask at the frame size; ``None`` if it has none."""
-        if index not in self.files:
-            return None
-        return self._first if index == 0 else read_keyframe(self.files[index], self.frame_size)
-
-
-def _keyframe_files(folder: Path, source: FrameSource) -> dict[int, Path]:
-    by_stem = {file.stem: file for file in sorted(folder.glob("*.png"))}
-    if not by_stem:
-        raise UsageError(
-            f"--mask {folder} is a folder without PNG files. Give the first frame's mask, "
-            "or a folder of PNG masks named like the frames."
-        )
-    stems = _source_stems(source, by_stem)
-    unknown = sorted(set(by_stem) - set(stems))
-    if unknown:
-        log.warning(
-            "Ignoring %d mask file(s) not named like a frame of %s: %s",
-            len(unknown), source.path, ", ".join(unknown[:5]),
-        )
-    files = {index: by_stem[stem] for index, stem in enumerate(stems) if stem in by_stem}
-    if 0 not in files:
-        raise UsageError(
-            f"--mask {folder} has no mask for the first frame ({source.stem(0)}.png). Tracking starts from the "
-            "first frame, so it needs a mask; add one named like that frame."
-        )
-    return files
-
-
-def _source_stems(source: FrameSource, mask_stems: Iterable[str]) -> list[str]:
-    """The frames' names; for a video whose container gives no frame count, up to the last numbered mask."""
-    if source.kind == "folder":
-        return [file.stem for file in source.files]
-    count = source.frame_count
-    if count is None:
-        count = 1 + max((int(stem) for stem in mask_stems if stem.isdigit()), default=0)
-    return [source.stem(index) for index in range(count)]
-
-
-def read_keyframe(path: Path, frame_size: tuple[int, int]) -> np.ndarray:
-    """A keyframe mask as ``[H, W] uint8`` ids at the frame size (same aspect ratio: resized, with a warning)."""
-    ids = read_label_map(path)
-    if ids.shape == frame_size:
-        return ids
-    height, width = frame_size
-    mask_h, mask_w = ids.shape
-    if abs(mask_w * height - mask_h * width) > max(height, width):
-        raise UsageError(
-            f"Mask {path} is {mask_w}x{mask_h}, but the frames are {width}x{height}, a different shape. "
-            "Give the mask of the first frame at the frames' size (or at least their aspect ratio)."
-        )
-    log.warning("Mask %s is %dx%d; resizing it to the frames' %dx%d (nearest neighbour).", path, mask_w, mask_h, width, height)
-    return cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
-
-
 def check_output(output: Path, *, overwrite: bool, resume: bool) -> None:
     """Refuse an output that is a file, or that holds another run's results unless told what to do with them.
 
@@ -440,12 +403,18 @@ def track_video(
     backbone: Backbone | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    mask_frame: int | str | None = None,
+    start: int | str | None = None,
+    end: int | str | None = None,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> RunReport:
     """Track the objects of ``mask`` through ``source``; write masks, overlay and ``run.json`` to ``output``.
 
-    ``mask``: the first frame's label map (PNG) or a folder of keyframe masks.
+    ``mask``: one frame's label map (PNG; the first frame's, or the frame
+    ``mask_frame`` names) or a folder of keyframe masks named like the frames.
+    ``start``, ``end``: track only these frames and the ones between (names
+    or indices; see :mod:`dinotrack.keyframes`).
     ``gt``: ground-truth masks named like the frames: the run is scored
     (``metrics.json``, ``.csv``, ``.png``), the overlay is evaluated (unless
     ``options.overlay`` says otherwise) and ``report.html`` is written.
@@ -461,32 +430,47 @@ def track_video(
     output = Path(output)
     frames = open_source(source)
     cache = open_feature_cache(features) if features is not None else None
+    if cache is not None:
+        check_cache_source(cache, frames)
     if gt is not None and not Path(gt).is_dir():
         raise UsageError(f"--gt {gt} is not a folder. Give the folder of ground-truth PNG masks named like the frames.")
-    masks = Keyframes(Path(mask), frames)
-    painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, masks, gt, options.overlay_max_side)
+    span = frame_range(frames, start, end)
+    masks = open_keyframes(Path(mask), frames, mask_frame=mask_frame, frames=span)
+    if options.labels:
+        check_labels(options.labels, masks.object_ids(), f"the keyframe masks of {mask}")
+    keyframe_names = [frames.stem(index) for index in masks.indices]
+    for warning in check_ground_truth(Path(gt), frames, keyframes=keyframe_names) if gt is not None else []:
+        log.warning("%s", warning)
+    painter = _painter(
+        options.overlay_mode(with_gt=gt is not None), frames, span, masks, gt, options.overlay_max_side
+    )
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
     if previous is not None and previous.status == "complete":
-        _check_same_run(planned_changes(previous, source, mask, options), output)
+        changes = planned_changes(previous, source, mask, options, mask_frame=mask_frame, start=start, end=end)
+        _check_same_run(changes, output)
         log.info("%s already holds a complete run; nothing to resume.", output)
+        _export_written(output, frames, span, previous.frames_done, options)
         return RunReport(output, previous)
     stopwatch = _Stopwatch()
     config = _cache_config(cache, options) if cache is not None else options.config
     stream = _feature_stream(frames, cache, backbone, options, config, stopwatch)
     record = RunRecord(
         source=str(Path(source).resolve()), mask=str(Path(mask).resolve()), preset=options.preset,
-        settings={**config.as_dict(), **stream.settings}, model=stream.model, weights=stream.weights,
-        frames_total=frames.frame_count, keyframes=sorted(masks.files), versions=library_versions(),
+        settings={**config.as_dict(), **stream.settings, **_plan_settings(frames, options, span, mask_frame)},
+        model=stream.model, weights=stream.weights, frames_total=span.total(frames.frame_count),
+        keyframes=masks.indices, versions=library_versions(),
     )
     done = 0
     if previous is not None:
         _check_same_run(record.changes_from(previous), output)
-        done = _leading_masks(output / PngMasks.file, frames)
+        done = _leading_masks(output / PngMasks.file, frames, span)
         record.resumed_at = done
     prepare_output(output, overwrite=overwrite)
     confidence = ConfidenceLog(previous.confidence if previous is not None else None)
-    run = _Run(output, frames, masks, Tracker(config), record, stopwatch, painter, confidence)
+    plan = _Plan(frames, span, masks, Schedule(masks.indices, options.direction))
+    coco = CocoAnnotations(output, _file_name(frames, span), options.labels) if "coco" in options.export else None
+    run = _Run(output, plan, Tracker(config), record, stopwatch, painter, confidence, coco)
     try:
         record.write(output)
         run.go(stream, done, on_progress, stop)
@@ -499,22 +483,59 @@ def track_video(
     unsaved = _finish_record(record, run, stopwatch, started)
     if unsaved is not None:
         raise _output_fault(output, unsaved, run.frames_done, unsaved)
-    metrics = _evaluate_run(output, Path(gt), frames) if record.status == "complete" and gt is not None else None
+    metrics = None
+    if record.status == "complete" and gt is not None:
+        metrics = _evaluate_run(output, Path(gt), frames, span, keyframe_names)
     if gt is not None:
         write_report(output)
     return RunReport(output, record, metrics)
 
 
+def _file_name(frames: FrameSource, span: FrameRange) -> Callable[[int], str]:
+    """The name, in exported annotations, of the frame at ``position`` in ``span``: its image file's name, or
+    ``<stem>.png`` for a video's frames."""
+    if frames.kind == "folder":
+        return lambda position: frames.files[span.first + position].name
+    return lambda position: f"{frames.stem(span.first + position)}.png"
+
+
+def _export_written(output: Path, frames: FrameSource, span: FrameRange, frames_done: int, options: RunOptions) -> None:
+    """Write the exports a complete run lacks from its masks on disk (a run made without ``--export``)."""
+    if "coco" not in options.export or (output / COCO_FILE).exists():
+        return
+    writer = CocoWriter(options.labels)
+    name = _file_name(frames, span)
+    for position in range(frames_done):
+        writer.add(name(position), read_label_map(output / PngMasks.file / f"{frames.stem(span.first + position)}.png"))
+    writer.write(output / COCO_FILE)
+
+
 def _painter(
-    mode: OverlayMode | None, frames: FrameSource, masks: Keyframes, gt: str | os.PathLike | None, max_side: int | None
+    mode: OverlayMode | None,
+    frames: FrameSource,
+    span: FrameRange,
+    masks: Keyframes,
+    gt: str | os.PathLike | None,
+    max_side: int | None,
 ) -> Painter | None:
     """What draws the run's overlay pictures (checking the ground truth now, before any output exists)."""
     if mode is None:
         return None
+    total = span.total(frames.frame_count)
     if mode == "plain":
-        return PlainPainter(frames.size, frames.frame_count, object_ids(masks.get(0)), max_side=max_side)
+        return PlainPainter(frames.size, total, object_ids(masks.get(masks.first)), max_side=max_side)
     truth = GroundTruth(Path(gt), frames.size)
-    return EvaluatedPainter(frames.size, frames.frame_count, truth, side=mode == "side-by-side", max_side=max_side)
+    return EvaluatedPainter(frames.size, total, truth, side=mode == "side-by-side", max_side=max_side)
+
+
+def _plan_settings(
+    frames: FrameSource, options: RunOptions, span: FrameRange, mask_frame: int | str | None
+) -> dict[str, object]:
+    """The settings of the run's plan, recorded beside the tracking settings: a change in any is a new run."""
+    return {
+        "direction": options.direction, "start": span.first, "end": span.last,
+        "mask_frame": frame_index(frames, mask_frame, "--mask-frame") if mask_frame is not None else None,
+    }
 
 
 def _finish_record(record: RunRecord, run: _Run, stopwatch: _Stopwatch, started: float) -> OSError | None:
@@ -562,16 +583,38 @@ def _feature_stream(
     return _extractor_stream(frames, backbone, options, config, stopwatch)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a run tracks: the frames of ``span`` of ``frames``, from ``masks``, in the passes ``schedule`` says."""
+
+    frames: FrameSource
+    span: FrameRange
+    masks: Keyframes
+    schedule: Schedule
+
+    @property
+    def total(self) -> int | None:
+        return self.span.total(self.frames.frame_count)
+
+
 class _Run:
-    """One run's frame loop: features in, tracker, sinks out; the state saved when it stops early."""
+    """One run's frame loop: features in, trackers, sinks out; the state saved when it stops early.
+
+    Frames are read forward once. The forward tracker follows the whole
+    range; a frame that a backward pass also reaches waits in a :class:`Spill`
+    until the keyframe that closes its stretch is read, then the stretch is
+    tracked backward from it, fused and written, in frame order. The record's
+    confidence and the sinks count frames from the range's first
+    (``Frame.index`` there is the position in the range).
+    """
 
     def __init__(
-        self, output: Path, frames: FrameSource, masks: Keyframes, tracker: Tracker, record: RunRecord,
-        stopwatch: _Stopwatch, painter: Painter | None, confidence: ConfidenceLog,
+        self, output: Path, plan: _Plan, tracker: Tracker, record: RunRecord,
+        stopwatch: _Stopwatch, painter: Painter | None, confidence: ConfidenceLog, coco: CocoAnnotations | None = None,
     ) -> None:
         self.output = output
-        self.frames = frames
-        self.masks = masks
+        self.plan = plan
+        self.frames = plan.frames
         self.tracker = tracker
         self.record = record
         self.stopwatch = stopwatch
@@ -579,8 +622,12 @@ class _Run:
         self.confidence = confidence
         self.masks_sink = PngMasks(output)
         self.overlay: OverlayVideo | None = None
+        self.coco = coco
         self.status = "running"
         self.frames_done = 0
+        self.resume_at = plan.span.first
+        self.spill: Spill | None = None
+        self.checkpoint: dict | None = None  # the forward tracker's state before the waiting frames
 
     def go(
         self,
@@ -589,31 +636,33 @@ class _Run:
         on_progress: Progress | None,
         stop: threading.Event | None,
     ) -> None:
-        """Track from frame ``done`` on (restoring the saved state, or replaying the frames before it)."""
+        """Track from the range's frame ``done`` on (restoring the saved state, or replaying the frames before it)."""
         self.frames_done = done
+        self.resume_at = self.plan.span.first + done
+        self.on_progress = on_progress
+        self.device = stream.device
         self.masks_sink.folder.mkdir(exist_ok=True)
         if self.painter is not None:
             self.overlay = OverlayVideo(self.output, self.frames.fps, self.painter)
-        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay])], self.stopwatch)
+        else:  # a run resumed without an overlay: the earlier run's partial one would look like this run's
+            (self.output / OverlayVideo.file).unlink(missing_ok=True)
+        self.writer = _SinkWriter([self.masks_sink, *filter(None, [self.overlay, self.coco])], self.stopwatch)
         try:
+            self.spill = Spill(self.output / SPILL_FOLDER)
             resumed = _restore_state(self.tracker, self.output, done, stream.device)
             if resumed:
-                self._replay_written(done)
-            for frame, frame_features in self.stopwatch.timed("features", stream.pairs_from(done if resumed else 0)):
+                self._replay_written()
+            first = self.resume_at if resumed else self.plan.span.first
+            pairs = itertools.takewhile(lambda pair: self.plan.span.covers(pair[0].index), stream.pairs_from(first))
+            for frame, frame_features in self.stopwatch.timed("features", pairs):
                 start = time.perf_counter()
-                prediction = self._predict(frame, frame_features)
+                self._take(frame, frame_features)
                 self.stopwatch.add("propagate", time.perf_counter() - start)
-                if frame.index < done:  # replaying the frames before a resume
-                    self.writer.submit(frame, self._written(frame), replay=True)
-                    continue
-                self.writer.submit(frame, prediction)
-                self.frames_done += 1
-                if on_progress is not None:
-                    on_progress(self.frames_done, self.frames.frame_count)
                 if stop is not None and stop.is_set():
                     self.status = "interrupted"
                     break
             else:
+                self._check_no_frame_waits()
                 self.status = "complete"
         except BaseException as error:
             self.status = "failed"
@@ -625,67 +674,164 @@ class _Run:
             finally:
                 self._record_confidence()
                 self._keep_state()
+                if self.spill is not None:
+                    self.spill.remove()
+        if self.status == "complete" and self.coco is not None:
+            self._save_coco()
 
-    def _predict(self, frame: Frame, features: torch.Tensor) -> Prediction:
-        """Track one frame (a keyframe takes its mask) and score each object's confidence."""
-        mask = self.masks.get(frame.index)
+    def _save_coco(self) -> None:
+        """Write the COCO annotations of a complete run (the run fails if they cannot be written)."""
+        start = time.perf_counter()
+        try:
+            self.coco.save()
+        except BaseException as error:
+            self.status = "failed"
+            self.record.error = str(error) or type(error).__name__
+            raise
+        self.stopwatch.add(self.coco.stage, time.perf_counter() - start)
+
+    def _take(self, frame: Frame, features: torch.Tensor) -> None:
+        """Track one frame read: write it (and a closed stretch's waiting frames before it), or keep it waiting."""
+        mask = self.plan.masks.get(frame.index) if self.plan.schedule.is_keyframe(frame.index) else None
         if mask is not None:
+            self._close_stretch(mask, features)
             ids = self.tracker.add_mask(mask, features)
-            confidence = keyframe_confidence(object_ids(ids))
-        else:
-            probs = self.tracker.propagate(features)
-            ids = self.tracker.decode(probs, frame.rgb)
-            confidence = object_confidence(probs, self.tracker.labels, ids, self.tracker.objects)
-        self.confidence.add(frame.index, confidence)
-        return Prediction(ids, confidence)
+            self._emit(frame, Prediction(ids, keyframe_confidence(object_ids(ids))))
+            return
+        passes = self.plan.schedule.plan(frame.index)
+        if passes.waits and not self.spill.waiting:
+            self.checkpoint = self.tracker.state_dict()
+        forward = self.tracker.propagate(features) if passes.after is not None else None
+        if passes.waits:
+            self.spill.put(frame, features, forward)
+            return
+        ids = self.tracker.decode(forward, frame.rgb)
+        self._emit(frame, Prediction(ids, object_confidence(forward, self.tracker.labels, ids, self.tracker.objects)))
+
+    def _close_stretch(self, mask: np.ndarray, features: torch.Tensor) -> None:
+        """Track the waiting frames backward from the keyframe (``mask``, ``features``) after them; fuse; write."""
+        waiting = self.spill.waiting
+        if not waiting:
+            return
+        if waiting[-1][0] < self.resume_at:  # written before a resume: replayed from disk
+            for index, stem in waiting:
+                self._emit(Frame(index, stem, self.spill.rgb(index)), None)
+            self.spill.clear()
+            return
+        labels, objects = self._backward_pass(mask, features)
+        for index, stem in waiting:
+            frame = Frame(index, stem, self.spill.rgb(index))
+            forward_weight, backward_weight = self.plan.schedule.plan(index).distance_weights()
+            backward = Side(self.spill.backward(index, self.device), labels, backward_weight)
+            forward_probs = self.spill.forward(index, self.device)
+            probs, channels, tracked = backward.probs, labels, objects
+            if forward_probs is not None:
+                forward = Side(forward_probs, self.tracker.labels[: len(forward_probs)], forward_weight)
+                probs, channels = fuse(forward, backward, self.tracker.config.fusion)
+                tracked = [label for label in channels[1:] if label in objects or label in self.tracker.objects]
+            ids = self.tracker.decode(probs, frame.rgb, labels=channels)
+            self._emit(frame, Prediction(ids, object_confidence(probs, channels, ids, tracked)))
+        self.spill.clear()
+
+    def _backward_pass(self, mask: np.ndarray, features: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Track the waiting frames from the keyframe after them, last first; spill their probabilities.
+
+        Returns the backward tracker's labels (channel -> id) and objects. A
+        keyframe with no object ends every object: backward, all is background.
+        """
+        grid = tuple(features.shape[:2])
+        if not object_ids(mask):
+            for index, _ in self.spill.waiting:
+                self.spill.put_backward(index, torch.ones((1, *grid)))
+            return [0], []
+        backward = Tracker(self.tracker.config)
+        backward.add_mask(mask, features)
+        for index, _ in reversed(self.spill.waiting):
+            self.spill.put_backward(index, backward.propagate(self.spill.features(index, self.device)))
+        return list(backward.labels), backward.objects
+
+    def _check_no_frame_waits(self) -> None:
+        """The source ended with frames still waiting for a keyframe it did not reach: a damaged or shorter video."""
+        if self.spill.waiting:
+            index = self.spill.waiting[-1][0]
+            raise DinotrackError(
+                f"{self.frames.path} ended after frame {index}, before the keyframe that comes after it, so the "
+                "frames since the last keyframe could not be finished. Check the video (it is shorter than its "
+                "keyframes say), or remove the keyframe masks past its end."
+            )
+
+    def _emit(self, frame: Frame, prediction: Prediction | None) -> None:
+        """Write one frame's prediction (``None``, or a frame before the resume: what was written before)."""
+        position = frame.index - self.plan.span.first
+        at = Frame(position, frame.stem, frame.rgb)
+        if frame.index < self.resume_at or prediction is None:
+            self.writer.submit(at, self._written(at), replay=True)
+            return
+        self.confidence.add(position, prediction.confidence)
+        self.writer.submit(at, prediction)
+        self.frames_done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.frames_done, self.plan.total)
 
     def _written(self, frame: Frame) -> Prediction:
-        """What the run wrote for ``frame`` before it stopped: its mask on disk and its recorded confidence."""
+        """What the run wrote for ``frame`` (at its position) before it stopped: its mask and recorded confidence."""
         return Prediction(read_label_map(self.masks_sink.path(frame.stem)), self.confidence.at(frame.index))
 
     def _record_confidence(self) -> None:
         """Put each object's confidence per frame, and the sharp drops, in the record."""
+        first = self.plan.span.first
         self.record.confidence = self.confidence.as_record(self.frames_done)
         self.record.low_confidence_frames = [
-            {"index": drop.index, "frame": self.frames.stem(drop.index), "object": drop.object_id,
+            {"index": first + drop.index, "frame": self.frames.stem(first + drop.index), "object": drop.object_id,
              "confidence": drop.confidence, "before": drop.before}
-            for drop in sharp_drops(self.confidence, self.masks.files)
+            for drop in sharp_drops(self.confidence, [index - first for index in self.plan.masks.indices])
             if drop.index < self.frames_done
         ]
 
-    def _replay_written(self, done: int) -> None:
-        """Feed the sinks that need it the masks of the frames before ``done`` (the state covers the tracker)."""
+    def _replay_written(self) -> None:
+        """Feed the sinks that need it the masks of the frames before the resume (the state covers the tracker)."""
         if not any(sink.replays for sink in self.writer.sinks):
             return
-        for frame in self.frames.frames(0):
-            if frame.index >= done:
+        for frame in self.frames.frames(self.plan.span.first):
+            if frame.index >= self.resume_at:
                 break
-            self.writer.submit(frame, self._written(frame), replay=True)
+            self._emit(frame, None)
 
     def _keep_state(self) -> None:
-        """Save the context of an interrupted run for ``--resume``; drop a stale one otherwise."""
+        """Save the context of an interrupted run for ``--resume``; drop a stale one otherwise.
+
+        With frames waiting, the state saved is the one before them: a resume
+        tracks their stretch again from its start.
+        """
         if self.overlay is not None:
             self.record.overlay = self.overlay.describe()
         state_file = self.output / STATE_FILE
         if self.status == "interrupted":
-            state = {"frames_done": self.frames_done, **self.tracker.state_dict()}
+            tracker_state = self.checkpoint if self.spill is not None and self.spill.waiting else self.tracker.state_dict()
+            state = {"frames_done": self.frames_done, **tracker_state}
             atomic_write(state_file, lambda temporary: torch.save(state, temporary))
         else:
             state_file.unlink(missing_ok=True)
 
 
-def planned_changes(previous: RunRecord, source: str | os.PathLike, mask: str | os.PathLike, options: RunOptions) -> list[str]:
+def planned_changes(
+    previous: RunRecord, source: str | os.PathLike, mask: str | os.PathLike, options: RunOptions, *,
+    mask_frame: int | str | None = None, start: int | str | None = None, end: int | str | None = None,
+) -> list[str]:
     """How ``previous`` differs from a run of ``source`` and ``mask`` with ``options``, known before any model loads.
 
-    Compares the inputs, preset, model, where the weights come from and the
-    settings that decide the masks (see :meth:`RunRecord.changes_from`); empty
+    Compares the inputs, preset, model, where the weights come from, the
+    settings that decide the masks and the run's plan (direction, frame
+    range, ``mask_frame``; see :meth:`RunRecord.changes_from`); empty
     when ``previous`` may be reused or resumed.
     """
     spec = get_backbone_spec(options.model)
+    frames = open_source(source)
+    plan = _plan_settings(frames, options, frame_range(frames, start, end), mask_frame)
     planned = dataclasses.replace(
         previous, source=str(Path(source).resolve()), mask=str(Path(mask).resolve()), preset=options.preset,
         model=spec.name, weights={**previous.weights, "source": weights_source(spec, options.weights)},
-        settings={**previous.settings, **options.config.as_dict()},
+        settings={**previous.settings, **options.config.as_dict(), **plan},
     )
     return planned.changes_from(previous)
 
@@ -699,10 +845,11 @@ def _check_same_run(changes: list[str], output: Path) -> None:
         )
 
 
-def _leading_masks(masks_dir: Path, frames: FrameSource) -> int:
-    """How many frames, from the first on, already have their mask on disk."""
+def _leading_masks(masks_dir: Path, frames: FrameSource, span: FrameRange) -> int:
+    """How many frames of ``span``, from its first on, already have their mask on disk."""
     done = 0
-    while (frames.frame_count is None or done < frames.frame_count) and (masks_dir / f"{frames.stem(done)}.png").is_file():
+    total = span.total(frames.frame_count)
+    while (total is None or done < total) and (masks_dir / f"{frames.stem(span.first + done)}.png").is_file():
         done += 1
     return done
 
@@ -719,9 +866,21 @@ def _restore_state(tracker: Tracker, output: Path, done: int, device: torch.devi
     return True
 
 
-def _evaluate_run(output: Path, gt: Path, frames: FrameSource) -> EvalReport:
-    """Score a complete run, named after its source (the video's stem or the frame folder's name)."""
-    report = evaluate(output / PngMasks.file, gt, sequences=[frames.path.stem if frames.kind == "video" else frames.path.name])
+def _evaluate_run(output: Path, gt: Path, frames: FrameSource, span: FrameRange, keyframes: list[str]) -> EvalReport:
+    """Score a complete run over its frames, keyframes left out, named after its source (video stem or folder name).
+
+    The ground truth was checked before the run; a failure now (a mask changed
+    or unreadable since) is one at run time that leaves the masks complete.
+    """
+    stems = None if span.whole else {frames.stem(index) for index in range(span.first, span.first + span.total(frames.frame_count))}
+    name = frames.path.stem if frames.kind == "video" else frames.path.name
+    try:
+        report = evaluate(output / PngMasks.file, gt, sequences=[name], frames=stems, exclude=set(keyframes))
+    except DinotrackError as error:
+        raise DinotrackError(
+            f"The run is complete (its masks are in {output / PngMasks.file}), but scoring it failed: {error} "
+            f"Once that is fixed, score the masks with `dinotrack evaluate {output / PngMasks.file} {gt}`."
+        ) from None
     write_json(report, output / METRIC_FILES["json"])
     write_csv(report, output / METRIC_FILES["csv"])
     _write_plot_if_possible(report, output / METRIC_FILES["plot"])
@@ -742,18 +901,19 @@ def extract_features(
     options: RunOptions = RunOptions(),
     *,
     backbone: Backbone | None = None,
+    overwrite: bool = False,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> int:
     """Write the feature cache of ``source`` to ``output`` (see :mod:`dinotrack.features`). Returns frames written.
 
     The cache is made at ``options.config.short_side`` with the backbone
-    ``options`` name (or ``backbone``, already built).
+    ``options`` name (or ``backbone``, already built). A cache already in
+    ``output`` is refused unless ``overwrite``, which removes it first.
     """
     frames = open_source(source)
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    _check_cache_output(output, overwrite=overwrite)
     backbone = backbone or load_backbone(options)
     extractor = make_extractor(frames, backbone, options, options.config.short_side)
     meta = {
@@ -765,7 +925,10 @@ def extract_features(
         "dim": backbone.dim,
         "frames": frames.frame_count,
         "weights": {"source": backbone.weights_source, "sha256": backbone.weights_sha256},
+        "source": source_identity(frames),
     }
+    if overwrite:
+        _remove_cache(output)
     writer = FeatureCacheWriter(output, meta)
     complete = False
     try:
@@ -780,3 +943,19 @@ def extract_features(
     finally:
         writer.close(complete=complete)
     return writer.frames_written
+
+
+def _check_cache_output(output: Path, *, overwrite: bool) -> None:
+    """Refuse a file, or a folder holding a cache, as ``features --output`` (unless ``overwrite``), before any work."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is an existing file. Give a folder path (it will be created).")
+    if (output / "meta.json").exists() and not overwrite:
+        raise UsageError(
+            f"--output {output} already holds a feature cache. Choose a new folder, or pass --overwrite to replace it."
+        )
+
+
+def _remove_cache(output: Path) -> None:
+    """Remove the cache files in ``output`` (``meta.json`` and the ``.npy`` files), nothing else."""
+    for file in [output / "meta.json", *output.glob("*.npy")]:
+        file.unlink(missing_ok=True)

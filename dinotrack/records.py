@@ -103,12 +103,12 @@ class RunRecord:
         return [f"{name}: {before} -> {now}" for name, before, now in fields + settings if before != now]
 
     def finish(self, status: Status, frames_done: int, seconds: dict[str, float]) -> None:
-        """Record how the run ended."""
+        """Record how the run ended; ``fps`` counts the frames done in this process (not those before a resume)."""
         total = seconds.get("total", 0.0)
         self.status = status
         self.frames_done = frames_done
         self.seconds = seconds
-        self.fps = round(frames_done / total, 3) if total > 0 else 0.0
+        self.fps = round((frames_done - (self.resumed_at or 0)) / total, 3) if total > 0 else 0.0
         self.finished = utc_now()
 
 

@@ -13,7 +13,7 @@ written again when a run resumes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
@@ -21,6 +21,7 @@ from typing import ClassVar, Literal, Protocol
 import cv2
 import numpy as np
 
+from dinotrack.coco import COCO_FILE, CocoWriter
 from dinotrack.evaluation import read_ids, score_frame
 from dinotrack.masks import object_ids, write_label_map
 from dinotrack.render import (
@@ -31,6 +32,7 @@ from dinotrack.render import (
     caption_band,
     caption_rows,
     evaluated_overlay,
+    labelled,
     overlay,
     side_by_side,
     with_bands,
@@ -170,7 +172,8 @@ class PlainPainter:
         percent = np.bincount(ids.ravel(), minlength=256) * (100.0 / ids.size)
         entries = {label: f"{percent[label]:.1f}%  conf {value:.2f}" for label, value in prediction.confidence.items()}
         caption = Caption(f"frame {frame.stem}", entries)
-        picture = overlay(*_fitted(self.picture, frame.rgb, ids))
+        picture, small_ids = _fitted(self.picture, frame.rgb, ids)
+        picture = labelled(overlay(picture, small_ids), picture, small_ids)
         return self.bands.around(picture, frame.index, caption, prediction.confidence)
 
 
@@ -252,8 +255,36 @@ class EvaluatedPainter:
             rgb, ids, gt = _fitted(self.picture, rgb, ids, gt)
         if self.side:
             return side_by_side(rgb, ids, gt)
-        return overlay(rgb, ids) if gt is None else evaluated_overlay(rgb, ids, gt)
+        return labelled(overlay(rgb, ids) if gt is None else evaluated_overlay(rgb, ids, gt), rgb, ids)
 
 
-SINK_TYPES: tuple[type[MaskSink], ...] = (PngMasks, OverlayVideo)
+class CocoAnnotations:
+    """``annotations.coco.json``: every frame's objects as COCO RLE (see :mod:`dinotrack.coco`).
+
+    Only the RLE strings are kept until :meth:`save`, which the run calls once
+    it is complete: an interrupted or failed run leaves no annotations file.
+    ``file_name`` gives the name frame ``index`` has in the file.
+    """
+
+    file = COCO_FILE
+    stage = "export_coco"
+    replays = True
+
+    def __init__(self, output: Path, file_name: Callable[[int], str], labels: Mapping[int, str]) -> None:
+        self.path = output / self.file
+        self.file_name = file_name
+        self.writer = CocoWriter(labels)
+
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        self.writer.add(self.file_name(frame.index), prediction.ids)
+
+    def close(self) -> None:
+        pass
+
+    def save(self) -> None:
+        """Write the file, whole."""
+        self.writer.write(self.path)
+
+
+SINK_TYPES: tuple[type[MaskSink], ...] = (PngMasks, OverlayVideo, CocoAnnotations)
 """Every kind of sink, so that the files a run may leave are known."""

@@ -44,6 +44,7 @@ Neighbourhood = Literal["circle", "square"]
 FirstMask = Literal["nearest", "area"]
 Upsample = Literal["nearest", "bilinear"]
 Refine = Literal["none", "colour"]
+Fusion = Literal["distance", "confidence"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class TrackConfig:
     only where the oracle evaluation (``scripts/oracle_eval.py``) measured a gain.
     ``keyframe_bound``: besides the first keyframe, how many of the most recent
     later keyframes stay in the context (the published algorithm has only a
-    first frame, so it does not depend on this).
+    first frame, so it does not depend on this). ``fusion``: how a frame
+    between two keyframes weighs the forward and the backward pass (see
+    :mod:`dinotrack.fusion`; the published algorithm tracks forward only).
     """
 
     short_side: int = 480
@@ -68,6 +71,7 @@ class TrackConfig:
     minmax: bool = True
     refine: Refine = "none"
     keyframe_bound: int = 4
+    fusion: Fusion = "distance"
 
     def __post_init__(self) -> None:
         check_short_side(self.short_side)
@@ -81,6 +85,7 @@ class TrackConfig:
             ("first_mask", self.first_mask, self.first_mask in ("nearest", "area"), "must be 'nearest' or 'area'"),
             ("upsample", self.upsample, self.upsample in ("nearest", "bilinear"), "must be 'nearest' or 'bilinear'"),
             ("refine", self.refine, self.refine in ("none", "colour"), "must be 'none' or 'colour'"),
+            ("fusion", self.fusion, self.fusion in ("distance", "confidence"), "must be 'distance' or 'confidence'"),
             ("refine", self.refine, self.refine != "colour" or self.upsample == "bilinear",
              "'colour' interpolates bilinearly: it needs upsample 'bilinear'"),
         ]

@@ -20,7 +20,7 @@ Every verb switches gradients off itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -98,11 +98,15 @@ class Tracker:
         return self.propagator.step(features)
 
     @torch.inference_mode()
-    def decode(self, probs: torch.Tensor, rgb: np.ndarray) -> np.ndarray:
-        """``[M, h, w]`` probabilities + the ``[H, W, 3] uint8`` frame -> ``[H, W] uint8`` ids."""
+    def decode(self, probs: torch.Tensor, rgb: np.ndarray, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        """``[M, h, w]`` probabilities + the ``[H, W, 3] uint8`` frame -> ``[H, W] uint8`` ids.
+
+        Channel ``c`` is id ``labels[c]`` (default: this tracker's :attr:`labels`;
+        give them for probabilities fused from two trackers).
+        """
         return probs_to_ids(
             probs,
-            self.labels,
+            self.labels if labels is None else list(labels),
             tuple(rgb.shape[:2]),
             upsample=self.config.upsample,
             minmax=self.config.minmax,

@@ -13,6 +13,9 @@ per short side ``S`` of ``--short-sides``, each with the preset it ran
   against the bare backbone on the same frames (``scripts/bench/end_to_end.py``).
 - ``memory``: peak RSS of ``dinotrack track`` on a short and a long video
   (``scripts/bench/memory.py``).
+- ``backward``: peak RSS of ``dinotrack track`` with the mask on the last
+  frame (every other frame tracked backward), short against long video,
+  tiny backbone and small frames (``scripts/bench/backward.py``).
 - ``keyframes``: ``track_video`` from a feature cache with a keyframe every
   few frames, on a short and a long video, with the keyframe bound and
   without (``scripts/bench/keyframes.py``).
@@ -39,6 +42,7 @@ keep the best of several runs.
     python scripts/benchmark.py --only propagation --short-sides 960
     python scripts/benchmark.py --only end-to-end --short-sides 480 --frames 100 --repeats 3
     python scripts/benchmark.py --only memory --short-sides 480 --memory-frames 150,1500
+    python scripts/benchmark.py --only backward --short-sides 128 --memory-frames 150,1500
     python scripts/benchmark.py --only keyframes --short-sides 480 --keyframe-frames 150,300
     python scripts/benchmark.py --only batch --short-sides 240
     python scripts/benchmark.py --only overlay-modes --short-sides 480
@@ -59,7 +63,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it,
 
 import torch  # noqa: E402
 
-from bench import batch, cached, end_to_end, keyframes, memory, overlay_modes, stages  # noqa: E402
+from bench import backward, batch, cached, end_to_end, keyframes, memory, overlay_modes, stages  # noqa: E402
 from bench.common import FOOTAGE, FRAME_SIZE, Table, Workspace, machine_table  # noqa: E402
 from dinotrack.backbones import resolve_device  # noqa: E402
 from dinotrack.structs import PRESETS  # noqa: E402
@@ -68,6 +72,7 @@ PARTS: dict[str, Callable[[Workspace, int], Table]] = {
     "stages": stages.table,
     "end-to-end": end_to_end.table,
     "memory": memory.table,
+    "backward": backward.table,
     "keyframes": keyframes.table,
     "batch": batch.table,
     "overlay-modes": overlay_modes.table,

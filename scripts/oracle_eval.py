@@ -12,17 +12,25 @@ dimensions, L2-normalised, on the patch grid of ``--short-side`` (as
 format. ``--noise SIGMA`` adds Gaussian noise of root-mean-square norm SIGMA (spread
 evenly over all ``--dim`` dimensions, so most of it is orthogonal to the
 label directions, as random perturbations of high-dimensional features are)
-before normalising: a stand-in for imperfect features. Each sequence is
+before normalising: a stand-in for imperfect features. ``--drift SIGMA``
+adds noise that persists: a random walk per patch whose steps have RMS
+norm SIGMA (spread over all dimensions like the independent noise), so
+that each patch's error builds up over the frames as real feature errors
+do, and drift, which independent noise hides, shows. Each sequence is
 tracked with ``dinotrack.pipeline.track_video`` from the feature cache and
 scored with ``dinotrack.evaluation.evaluate`` (what ``dinotrack evaluate``
 runs). With ``--keyframe-every K`` the ground truth of every K-th frame is
 given as a keyframe (a mask folder); those frames are then left out of the
-scores, since their output is the ground truth itself.
+scores, since their output is the ground truth itself. ``--direction``
+tracks with each direction (``forward``, ``both``: see ``dinotrack track
+--direction``), one row each.
 
     PYTHONPATH=. python scripts/oracle_eval.py                       # S=480 and 960, noise 0, 1, 1.5
     PYTHONPATH=. python scripts/oracle_eval.py --short-side 480 --noise 1 --keyframe-every 10
     PYTHONPATH=. python scripts/oracle_eval.py --variant paper:first_mask=area --sequences dog
     PYTHONPATH=. python scripts/oracle_eval.py --short-side 480 --noise 1 1.5 --preset default --confidence
+    PYTHONPATH=. python scripts/oracle_eval.py --short-side 480 --noise 1 --drift 0.15 --keyframe-every 10 20 50 \
+        --preset default --direction forward both
 
 With ``--confidence`` the table gains how well the tracking confidence
 (``dinotrack.confidence``, recorded per object and frame in ``run.json``)
@@ -64,16 +72,17 @@ PATCH_SIZE = 16
 
 @dataclass(frozen=True)
 class Setting:
-    """One feature condition: grid size, noise level, keyframe spacing (0: first frame only)."""
+    """One feature condition: grid size, noise level, drift per frame, keyframe spacing (0: first frame only)."""
 
     short_side: int
     noise: float
+    drift: float
     keyframe_every: int
 
     @property
     def label(self) -> str:
         keyframes = f"every {self.keyframe_every}" if self.keyframe_every else "first"
-        return f"| {self.short_side} | {self.noise:g} | {keyframes} "
+        return f"| {self.short_side} | {self.noise:g} | {self.drift:g} | {keyframes} "
 
 
 @dataclass
@@ -121,11 +130,14 @@ def _parse_value(text: str) -> object:
 
 
 def oracle_features(ids: np.ndarray, labels: list[int], grid: tuple[int, int], *, dim: int, noise: float,
-                    generator: torch.Generator) -> np.ndarray:
-    """Label fractions per patch, zero-padded to ``dim``, plus noise of RMS norm ``noise``: ``[h, w, dim] float16``, L2-normalised."""
+                    generator: torch.Generator, walk: torch.Tensor | None = None) -> np.ndarray:
+    """Label fractions per patch, zero-padded to ``dim``, plus noise of RMS norm ``noise`` and the
+    persistent ``walk`` (``[h, w, dim]``, if any): ``[h, w, dim] float16``, L2-normalised."""
     fractions = labels_to_probs(ids, labels, grid, mode="area").permute(1, 2, 0)
     features = F.pad(fractions, (0, dim - len(labels)))
     features = features + noise / dim**0.5 * torch.randn(features.shape, generator=generator)
+    if walk is not None:
+        features = features + walk
     return F.normalize(features, dim=-1).numpy().astype(np.float16)
 
 
@@ -140,8 +152,11 @@ def write_oracle_cache(folder: Path, gt_dir: Path, setting: Setting, *, dim: int
     grid = patch_grid(frame_size, setting.short_side, PATCH_SIZE)
     generator = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True)
+    walk = torch.zeros(*grid, dim)
     for file, ids in zip(files, maps):
-        np.save(folder / f"{file.stem}.npy", oracle_features(ids, labels, grid, dim=dim, noise=setting.noise, generator=generator))
+        walk += setting.drift / dim**0.5 * torch.randn(walk.shape, generator=generator)
+        features = oracle_features(ids, labels, grid, dim=dim, noise=setting.noise, generator=generator, walk=walk)
+        np.save(folder / f"{file.stem}.npy", features)
     meta = {"model": "oracle", "patch_size": PATCH_SIZE, "short_side": setting.short_side, "grid": list(grid),
             "frame_size": list(frame_size), "dim": dim, "frames": len(files), "dtype": "float16"}
     (folder / "meta.json").write_text(json.dumps(meta))
@@ -188,6 +203,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short-side", type=int, nargs="+", default=[480, 960], help="grid sizes S (default 480 960)")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0, 1.5], help="noise norms (default 0 1 1.5)")
+    parser.add_argument("--drift", type=float, nargs="+", default=[0.0],
+                        help="RMS norm of each frame's step of the persistent per-patch random walk (default 0)")
+    parser.add_argument("--direction", nargs="+", default=["both"], choices=["forward", "both"],
+                        help="directions to track with, one row each (default both)")
     parser.add_argument("--keyframe-every", type=int, nargs="+", default=[0],
                         help="give the ground truth of every K-th frame as a keyframe (0: first frame only)")
     parser.add_argument("--preset", nargs="+", default=["paper", "default"], choices=sorted(PRESETS))
@@ -216,10 +235,12 @@ def main(argv: list[str] | None = None) -> None:
         rows += [parse_variant(spec) for spec in args.variant]
     except DinotrackError as error:
         sys.exit(f"--variant: {error}")
-    settings = [Setting(s, n, k) for s in args.short_side for n in args.noise for k in args.keyframe_every]
+    rows = [Row(f"{row.name} {direction}" if len(args.direction) > 1 else row.name, row.options.replace(direction=direction))
+            for row in rows for direction in args.direction]
+    settings = [Setting(s, n, d, k) for s in args.short_side for n in args.noise for d in args.drift for k in args.keyframe_every]
     torch.set_grad_enabled(False)
 
-    header = "| S | noise | keyframes | preset | J | F | J&F | ms/frame |"
+    header = "| S | noise | drift | keyframes | preset | J | F | J&F | ms/frame |"
     if args.verbose:
         header += "".join(f" {s} |" for s in sequences)
     if args.confidence:

@@ -203,7 +203,15 @@ def test_pickle_with_objects_is_refused(tmp_path):
 def test_truncated_file_is_a_clear_error(tmp_path, writer):
     path = writer(tmp_path / ("t.pth" if writer is write_meta_checkpoint else "t.safetensors"))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(UsageError, match="truncated or corrupt"):
+    with pytest.raises(DinotrackError, match="truncated or corrupt") as raised:
+        create_backbone("tiny", weights=path)
+    assert raised.value.exit_code == 1  # found while loading: a failure at run time
+
+
+def test_text_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text("https://example.org/dinov3_vits16.pth\n")
+    with pytest.raises(UsageError, match="is a text file .* not a checkpoint"):
         create_backbone("tiny", weights=path)
 
 

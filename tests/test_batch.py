@@ -29,7 +29,7 @@ from PIL import Image
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray starts: Ray then binds 127.0.0.1
 
 from conftest import ROOT, SAMPLE  # noqa: E402
-from dinotrack.batch import _cpu_layout, _gpus_per_worker, run_batch  # noqa: E402
+from dinotrack.batch import _cpu_layout, _gpus_per_worker, run_batch, write_dataset_scores  # noqa: E402
 from dinotrack.manifest import VideoJob, read_jobs  # noqa: E402
 from dinotrack.masks import read_label_map  # noqa: E402
 from dinotrack.pipeline import RunOptions, track_video  # noqa: E402
@@ -282,6 +282,30 @@ def test_without_ray_the_videos_run_in_this_process_with_the_same_masks(no_ray, 
     assert events.of("progress")[-1]["frames_done"] == 20 and events.of("progress")[-1]["videos_done"] == 2
     assert_same_masks(tmp_path / "out", jobs, reference)
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_a_stop_between_two_videos_ends_the_batch_interrupted(no_ray, options, clips, tmp_path):
+    stop, events = threading.Event(), Events()
+    events.then("video_finished", lambda video: True, lambda _: stop.set())
+
+    record = run_batch([clips["eight"], clips["twelve"]], tmp_path / "out", options, on_event=events, stop=stop)
+
+    assert record.status == "interrupted"
+    assert {video["name"]: video["status"] for video in record.videos} == {"twelve": "complete", "eight": "pending"}
+
+
+def test_dataset_scores_leave_out_the_frames_whose_masks_were_given(no_ray, options, tmp_path):
+    keyframes = tmp_path / "keyframes"
+    keyframes.mkdir()
+    for stem in ("00000", "00030"):
+        shutil.copy(SAMPLE / "shapes_gt" / f"{stem}.png", keyframes / f"{stem}.png")
+    job = VideoJob("shapes", VIDEO, keyframes, gt=SAMPLE / "shapes_gt")
+    run_batch([job], tmp_path / "out", options)
+
+    report = write_dataset_scores([job], tmp_path / "out", options)
+
+    scored = {frame for result in report.objects for frame in result.frames}
+    assert "00030" not in scored and "00029" in scored and "00031" in scored
 
 
 def test_without_ray_a_model_that_cannot_load_stops_the_batch_before_any_output(no_ray, options, clips, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import SAMPLE
 from dinotrack.cli import app
-from dinotrack.masks import PALETTE, read_label_map
+from dinotrack.masks import PALETTE, read_label_map, write_label_map
 from dinotrack.propagate import labels_to_probs
 from dinotrack.render import ROW_HEIGHT, TIMELINE_HEIGHT
 from dinotrack.testing import probs_to_ids, propagate_literal
@@ -214,10 +215,57 @@ def test_models_lists_the_family():
         assert name in result.output
 
 
+def assert_fits_80_columns(output: str) -> None:
+    assert "\u2026" not in output, output  # no cell cut short with an ellipsis
+    assert max(map(len, output.splitlines())) <= 80, output
+
+
+def test_tables_fit_80_columns_with_whole_cells(tmp_path: Path):
+    name = "a-rather-long-sequence-name"
+    for side in ("pred", "gt"):
+        (tmp_path / side / name).mkdir(parents=True)
+        for index in range(4):
+            ids = np.zeros((24, 32), np.uint8)
+            ids[4 : 12 + index, 4:20] = 1
+            ids[14:22, 20 : 28 - (side == "pred")] = 2
+            write_label_map(tmp_path / side / name / f"{index:05d}.png", ids)
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert_fits_80_columns(result.output)
+    assert name in result.output and "J&F-Mean" in result.output
+    assert "100.0" in result.output  # percentages with one decimal
+    models = runner.invoke(app, ["models"], env={"COLUMNS": "80"})
+    assert_fits_80_columns(models.output)
+    assert "timm/vit_small_plus_patch16_dinov3_qkvb.lvd1689m" in models.output
+
+
+def test_models_as_json():
+    listed = json.loads(invoke("models", "--json").output)
+    assert {"vits16", "vit7b16"} <= {spec["name"] for spec in listed}
+    vits16 = next(spec for spec in listed if spec["name"] == "vits16")
+    assert vits16["hub_id"] == "timm/vit_small_patch16_dinov3_qkvb.lvd1689m" and vits16["dim"] == 384
+
+
 def test_version_and_help():
     assert invoke("--version").output.strip().startswith("dinotrack ")
     result = invoke("track", "--help")
     assert result.exit_code == 0 and "--mask" in result.output and "--preset" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["track"], ["features"], ["evaluate"], ["batch"], ["benchmark"], ["report"], ["convert"], ["models"]])
+def test_help_reads_well_at_80_columns(command):
+    result = runner.invoke(app, [*command, "-h"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output and "..." not in result.output.replace("[ARGS]...", "")
+    assert max(map(len, result.output.splitlines())) <= 80, result.output
+
+
+def test_verbose_is_accepted_after_the_command_too(tmp_path: Path):
+    for args in (["-v", "models"], ["report", str(tmp_path), "-v"]):
+        logging.getLogger("dinotrack").setLevel(logging.INFO)
+        result = runner.invoke(app, args)
+        assert "No such option" not in result.output
+        assert logging.getLogger("dinotrack").level == logging.DEBUG
 
 
 @pytest.mark.parametrize("user_value, expected", [(None, "1000"), ("7", "7")])

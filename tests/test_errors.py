@@ -28,6 +28,7 @@ from conftest import ROOT
 from dinotrack.cli import app
 from dinotrack.masks import PALETTE, read_label_map, write_label_map
 from dinotrack.sources import VideoWriter
+from dinotrack.structs import UsageError
 
 runner = CliRunner()
 FRAME_SIZE = (48, 64)
@@ -228,10 +229,38 @@ def mask_off_palette_colour(ws: Workspace) -> list[object]:
     return ws.track(mask=ws.image("red.png", rgb))
 
 
+def mask_jpeg(ws: Workspace) -> list[object]:
+    """A 0/255 disc saved as JPEG: its edge gets grey levels."""
+    rows, columns = np.ogrid[: FRAME_SIZE[0], : FRAME_SIZE[1]]
+    disc = (rows - 20) ** 2 + (columns - 30) ** 2 < 15**2
+    Image.fromarray(np.where(disc, np.uint8(255), np.uint8(0))).save(ws.root / "mask.jpg", quality=75)
+    return ws.track(mask=ws.root / "mask.jpg")
+
+
+def mask_jpeg_saved_as_png(ws: Workspace) -> list[object]:
+    mask_jpeg(ws)
+    with Image.open(ws.root / "mask.jpg") as blurred:
+        return ws.track(mask=ws.image("resaved.png", np.asarray(blurred)))
+
+
+def gt_folder(ws: Workspace, names: list[str], size: tuple[int, int] = FRAME_SIZE) -> Path:
+    """Ground truth ``root/gt/<name>.png`` of two objects for each name."""
+    folder = ws.root / "gt"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        write_label_map(folder / f"{name}.png", two_objects(size))
+    return folder
+
+
 def weights_truncated(ws: Workspace) -> list[object]:
     data = ws.weights.read_bytes()
     (ws.root / "cut.pth").write_bytes(data[: len(data) // 2])
     return ws.track("--weights", ws.root / "cut.pth")
+
+
+def weights_text(ws: Workspace) -> list[object]:
+    (ws.root / "links.pth").write_text("<html>\n<body>Download the weights here</body>\n")
+    return ws.track("--weights", ws.root / "links.pth")
 
 
 def weights_noise(ws: Workspace) -> list[object]:
@@ -308,10 +337,34 @@ CASES = {
     "mask-16-bit-id-300": Case(mask_id_300, 2, ("value 300", "0..254", "renumber")),
     "mask-palette-index-255": Case(mask_palette_index_255, 2, ("value 255", "0..254")),
     "mask-colour-not-in-palette": Case(mask_off_palette_colour, 2, ("(250, 10, 10)", "DAVIS palette", "indexed PNG")),
+    "mask-jpeg": Case(mask_jpeg, 2, ("mask.jpg", "is a JPEG image", "save masks as PNG", "grey levels")),
+    "mask-jpeg-saved-as-png": Case(mask_jpeg_saved_as_png, 2, ("resaved.png", "grey levels spread up to 255", "JPEG compression adds grey levels")),
+    # ground truth
+    "gt-named-unlike-the-frames": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["frame_0001", "frame_0002", "frame_0003"])), 2,
+        ("No ground-truth mask", "is named like a frame", "frame_0001.png", "named 00000, 00001", "00000.png for the first"),
+    ),
+    "gt-with-one-unpaired-mask": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002", "00003"])), 2,
+        ("1 of the 4 ground-truth masks", "are not named like a frame", "00003.png"),
+    ),
+    "gt-of-another-size": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"], (24, 32))), 2,
+        ("00000.png is 32x24", "frames are 64x48", "at the frames' size"),
+    ),
+    "gt-of-two-frames": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001"])), 2,
+        ("holds 2 masks", "first and last", "at least 3"),
+    ),
+    "gt-frames-all-keyframes": Case(
+        lambda ws: ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"]), mask=ws.root / "gt"), 2,
+        ("Every frame that --gt", "is also a keyframe", "compare the given masks with themselves"),
+    ),
     # weights and model
     "weights-missing": Case(lambda ws: ws.track("--weights", ws.root / "none.pth"), 2, ("none.pth", "does not exist", "checkpoint file")),
-    "weights-truncated": Case(weights_truncated, 2, ("cut.pth", "truncated or corrupt", "download it again")),
-    "weights-corrupt": Case(weights_noise, 2, ("noise.safetensors", "truncated or corrupt")),
+    "weights-truncated": Case(weights_truncated, 1, ("cut.pth", "truncated or corrupt", "download it again")),
+    "weights-corrupt": Case(weights_noise, 1, ("noise.safetensors", "truncated or corrupt")),
+    "weights-text-file": Case(weights_text, 2, ("links.pth", "is a text file", "'<html>'", "not a checkpoint")),
     "weights-of-another-model": Case(option("--model", "vits16"), 2, ("does not hold vits16 weights", "looks like tiny", "--model tiny")),
     "weights-pickle-with-code": Case(weights_pickle_with_code, 2, ("more than tensors", "io.open object", "state dict", ".safetensors")),
     "unknown-model": Case(option("--model", "vit_giant"), 2, ("unknown model 'vit_giant'", "vits16", "dinotrack models")),
@@ -428,6 +481,85 @@ def test_mask_of_the_same_aspect_is_resized_with_a_warning(ws: Workspace) -> Non
     assert np.array_equal(first, half.repeat(2, axis=0).repeat(2, axis=1))
 
 
+def test_keyframes_with_ground_truth_are_left_out_of_the_scores(ws: Workspace) -> None:
+    noise_frames(ws.frames, 5, FRAME_SIZE)
+    gt = gt_folder(ws, [f"{index:05d}" for index in range(5)])
+    keyframes = ws.root / "keyframes"
+    keyframes.mkdir()
+    for name in ("00000", "00002"):
+        (keyframes / f"{name}.png").write_bytes((gt / f"{name}.png").read_bytes())
+    status, output = invoke(ws.track("--gt", gt, mask=keyframes))
+    assert status == 0, output
+    assert squash("1 of the 3 frames to score are keyframes") in squash(output)
+    assert squash("left out of the scores") in squash(output)
+    assert "keyframes" in output and "2 of 5" in output  # the summary says how many frames were given
+    metrics = json.loads((ws.output / "metrics.json").read_text())
+    assert {tuple(item["frames"]) for item in metrics["objects"]} == {("00001", "00003")}
+
+
+def test_ground_truth_of_fewer_frames_is_scored_with_a_warning(ws: Workspace) -> None:
+    noise_frames(ws.frames, 5, FRAME_SIZE)
+    status, output = invoke(ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"])))
+    assert status == 0, output
+    assert squash("annotates 3 of the 5 frames; only those are scored") in squash(output)
+
+
+def test_scoring_that_fails_after_the_run_is_a_run_time_failure(ws: Workspace) -> None:
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise UsageError("Mask gt/00001.png is not a readable PNG.")
+
+    ws.env.setattr("dinotrack.pipeline.evaluate", unreadable)
+    status, output = invoke(ws.track("--gt", gt_folder(ws, ["00000", "00001", "00002"])))
+    assert_reported(status, output, 1, ("The run is complete", "scoring it failed", "not a readable PNG", "dinotrack evaluate"))
+    assert json.loads((ws.output / "run.json").read_text())["status"] == "complete"
+    assert len(list((ws.output / "masks").glob("*.png"))) == FRAMES
+
+
+def make_cache(ws: Workspace, frames: Path, name: str = "cache") -> Path:
+    status, output = invoke(["features", frames, "--output", ws.root / name, "--weights", ws.weights, *TINY])
+    assert status == 0, output
+    return ws.root / name
+
+
+def test_a_feature_cache_of_other_frames_is_refused_before_any_work(ws: Workspace) -> None:
+    other = ws.root / "other"
+    noise_frames(other, FRAMES, FRAME_SIZE, seed=1)  # the same names, count and size: only the content differs
+    status, output = invoke(ws.track("--features", make_cache(ws, other)))
+    assert_reported(status, output, 2, ("was made from", "other", "whose content differs", "dinotrack features"))
+    assert_nothing_written(ws.output)
+
+
+def test_a_feature_cache_shorter_than_the_video_is_refused_before_any_work(ws: Workspace) -> None:
+    short = ws.root / "short"
+    short.mkdir()
+    for file in sorted(ws.frames.iterdir())[:2]:
+        (short / file.name).write_bytes(file.read_bytes())
+    status, output = invoke(ws.track("--features", make_cache(ws, short)))
+    assert_reported(status, output, 2, ("holds the features of 2 frames", "has 3", "dinotrack features"))
+    assert_nothing_written(ws.output)
+
+
+def test_track_from_a_cache_records_the_cache_settings(ws: Workspace) -> None:
+    cache = make_cache(ws, ws.frames)
+    args = ["track", ws.frames, "--mask", ws.mask, "--output", ws.output, "--features", cache, "--device", "cpu", "--no-overlay"]
+    status, output = invoke(args)
+    assert status == 0, output
+    assert "does not apply" not in output
+    run = json.loads((ws.output / "run.json").read_text())
+    assert run["settings"]["short_side"] == 64 and run["model"] == "tiny"
+
+
+def test_features_over_an_existing_cache_needs_overwrite(ws: Workspace) -> None:
+    cache = make_cache(ws, ws.frames)
+    meta = (cache / "meta.json").read_text()
+    args = ["features", ws.frames, "--output", cache, "--weights", ws.weights, *TINY]
+    assert_reported(*invoke(args), 2, ("already holds a feature cache", "--overwrite"))
+    assert (cache / "meta.json").read_text() == meta
+    status, output = invoke([*args, "--overwrite"])
+    assert status == 0, output
+    assert json.loads((cache / "meta.json").read_text())["complete"] is True
+
+
 # --- failing midway: what was done is kept and marked --------------------------------------------
 
 
@@ -471,6 +603,7 @@ def test_real_process_exit_status_and_stderr(ws: Workspace, name: str) -> None:
     args = [arg for arg in CASES[name].build(ws) if arg not in (ws.weights, "--weights", "--model", "tiny")]
     result = run_module(args, {**NO_HUB_CACHE, "HF_HUB_OFFLINE": "1", "HF_HOME": str(ws.root / "hf")})
     assert_reported(result.returncode, result.stderr, CASES[name].status, ("Error:", *CASES[name].words))
+    assert result.stderr.lstrip().startswith("Error:"), result.stderr  # no FFmpeg or OpenCV log lines before it
     assert_nothing_written(ws.output)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinotrack.evaluation import FIGURES, EvalReport, evaluate, report_rows, write_csv, write_json, write_plot
+from dinotrack.evaluation import FIGURES, EvalReport, _plot_figure, evaluate, report_rows, write_csv, write_json, write_plot
 from dinotrack.masks import write_label_map
 from dinotrack.structs import DinotrackError, UsageError
 
@@ -195,9 +195,16 @@ def test_rows_list_the_worst_object_first(dataset: tuple[Path, Path]) -> None:
     assert rows[0]["J&F-Mean"] < rows[1]["J&F-Mean"]
 
 
-def test_plot_is_a_png(dataset: tuple[Path, Path], tmp_path: Path) -> None:
-    write_plot(evaluate(*dataset), tmp_path / "plot.png")
+def test_plot_is_a_legible_png(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    report = evaluate(*dataset)
+    write_plot(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(tmp_path / "plot.png") as image:
+        assert image.width >= 800
+    figure = _plot_figure(report)
+    assert len(figure.axes) == 2  # one panel per object
+    assert figure.get_suptitle().startswith(f"cars: J&F-Mean {100 * report.scores.jf_mean:.1f}%")
+    assert all(axes.get_ylabel() and axes.get_title().startswith("cars, object") for axes in figure.axes)
 
 
 def test_plot_without_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

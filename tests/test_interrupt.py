@@ -102,6 +102,8 @@ def test_signal_to_a_real_process(tiny_weights: Path, tmp_path: Path, sig: signa
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 130, out
     assert "Traceback" not in out
+    continue_with = f"dinotrack track {VIDEO} --mask {MASK} --output {output} --model dinotrack.testing:TINY"
+    assert continue_with in out and "--short-side 512 --context 20 --device cpu --resume" in out  # the exact command to continue
     run = json.loads((output / "run.json").read_text())
     done = run["frames_done"]
     assert run["status"] == "interrupted" and 3 <= done < 60
@@ -120,3 +122,16 @@ def test_resume_may_change_what_only_changes_speed(tiny_weights: Path, tmp_path:
     assert result.exit_code == 0, result.output
     resumed = masks_of(output)
     assert all(np.array_equal(resumed[stem], expected) for stem, expected in uninterrupted.items())
+
+
+def test_resume_without_an_overlay_leaves_no_partial_one(tiny_weights: Path, tmp_path: Path):
+    output = tmp_path / "run"
+    stop, on_progress = stop_after(10)
+    track_video(VIDEO, MASK, output, OPTIONS.replace(weights=tiny_weights), stop=stop, on_progress=on_progress)
+    assert frame_count(output / "overlay.mp4") == 10
+    result = CliRunner().invoke(app, ["track", str(VIDEO), "--mask", str(MASK), "--output", str(output), "--model", "tiny",
+                                      "--weights", str(tiny_weights), "--device", "cpu", "--short-side", "64",
+                                      "--overlay", "none", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((output / "run.json").read_text())["status"] == "complete"
+    assert not (output / "overlay.mp4").exists()

@@ -104,18 +104,6 @@ def test_cli_track_with_a_folder_of_keyframe_masks(tmp_path: Path):
         assert np.array_equal(read_label_map(output / "masks" / name), read_label_map(masks / name))
 
 
-def test_cli_track_refuses_a_mask_folder_without_the_first_frame(tmp_path: Path):
-    masks = tmp_path / "keyframes"
-    masks.mkdir()
-    shutil.copy(SAMPLE / "shapes_gt" / "00030.png", masks / "00030.png")
-    cache = tmp_path / "cache"
-    oracle_cache(cache, SAMPLE / "shapes_gt", (10, 18), (240, 426))
-    result = CliRunner().invoke(app, ["track", str(SAMPLE / "shapes.mp4"), "--mask", str(masks), "--output",
-                                      str(tmp_path / "run"), "--features", str(cache)])
-    assert result.exit_code == 2
-    assert "00000.png" in result.output and "first frame" in result.output
-
-
 def test_keyframes_in_the_context_are_bounded():
     """A mask every few frames: the first keyframe stays, then only the ``keyframe_bound`` most recent ones."""
     maps = [scene(square=48, bar=None) for _ in range(30)]

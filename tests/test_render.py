@@ -24,6 +24,7 @@ from dinotrack.render import (
     caption_rows,
     error_masks,
     evaluated_overlay,
+    labelled,
     overlay,
     side_by_side,
     with_bands,
@@ -206,3 +207,18 @@ def test_the_timeline_plots_each_value_and_moves_its_cursor():
     assert (strip[:, 99] == TEXT_COLOUR).all() and not (strip[:, 50] == TEXT_COLOUR).all()
     assert (strip[:, :98] == PALETTE[1]).all(-1).any()  # a point from frame 0 stays plotted
     assert caption_rows(400, 2) == 1 and caption_rows(400, 50) == MAX_OBJECT_ROWS
+
+
+def test_labelled_objects_get_a_contrasting_halo_and_their_id_at_the_centroid() -> None:
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:, 40:] = 230  # dark on the left, bright on the right
+    ids = np.zeros((60, 80), np.uint8)
+    ids[20:40, 10:30] = 2  # on the dark side
+    ids[20:40, 50:70] = 3  # on the bright side
+    picture = labelled(overlay(rgb, ids), rgb, ids)
+    assert (picture[19, 20] == 255).all() and (picture[19, 60] == 0).all()  # white halo on dark, black on bright
+    far = (slice(0, 10), slice(0, 80))
+    np.testing.assert_array_equal(picture[far], rgb[far])  # the rest of the background is untouched
+    centre = picture[25:35, 15:25]
+    assert (centre >= 200).all(-1).any() and (centre <= 30).all(-1).any()  # white text outlined in black
+    assert not (picture[22, 12] != overlay(rgb, ids)[22, 12]).any()  # away from the label, the overlay as it was

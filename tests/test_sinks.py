@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from dinotrack.masks import write_label_map
-from dinotrack.render import ROW_HEIGHT, TIMELINE_HEIGHT, Caption, caption_band, evaluated_overlay, overlay, side_by_side
+from dinotrack.render import (
+    ROW_HEIGHT,
+    TIMELINE_HEIGHT,
+    Caption,
+    caption_band,
+    evaluated_overlay,
+    labelled,
+    overlay,
+    side_by_side,
+)
 from dinotrack.sinks import EvaluatedPainter, GroundTruth, PlainPainter, Prediction, picture_size
 from dinotrack.sources import Frame
 from dinotrack.structs import UsageError
@@ -54,7 +63,8 @@ def test_the_evaluated_picture_has_its_scores_below_it(gt_folder: Path):
     pred = label_map(60)  # object 1 shifted by 10 px: J = 10/30, F = 0.475 (4 px tolerance)
     picture = painter.paint(frame(0), Prediction(pred, {1: 0.9, 2: 0.8}))
     assert painter.size == picture.shape[:2] == (SIZE[0] + 2 * ROW_HEIGHT + TIMELINE_HEIGHT, SIZE[1])
-    np.testing.assert_array_equal(picture[: SIZE[0]], evaluated_overlay(frame(0).rgb, pred, label_map(50)))
+    expected = labelled(evaluated_overlay(frame(0).rgb, pred, label_map(50)), frame(0).rgb, pred)
+    np.testing.assert_array_equal(picture[: SIZE[0]], expected)
     caption = Caption("frame 00000", {1: "J 0.333  F 0.475", 2: "J 1.000  F 1.000"}, legend=True)
     np.testing.assert_array_equal(picture[SIZE[0] : SIZE[0] + 2 * ROW_HEIGHT], caption_band(caption, SIZE[1], 1))
 
@@ -63,7 +73,7 @@ def test_a_frame_without_ground_truth_says_so(gt_folder: Path):
     painter = EvaluatedPainter(SIZE, 3, GroundTruth(gt_folder, SIZE))
     pred = label_map(60)
     picture = painter.paint(frame(1), Prediction(pred, {1: 0.9}))
-    np.testing.assert_array_equal(picture[: SIZE[0]], overlay(frame(1).rgb, pred))
+    np.testing.assert_array_equal(picture[: SIZE[0]], labelled(overlay(frame(1).rgb, pred), frame(1).rgb, pred))
     caption = caption_band(Caption("frame 00001", note="no ground truth"), SIZE[1], 1)
     np.testing.assert_array_equal(picture[SIZE[0] : SIZE[0] + 2 * ROW_HEIGHT], caption)
 
@@ -102,7 +112,7 @@ def test_a_shrunk_plain_picture_keeps_the_full_size_figures():
     assert painter.picture == (24, 200) and picture.shape[:2] == painter.size and painter.size[1] == 200
     small_rgb = cv2.resize(frame(0).rgb, (200, 24), interpolation=cv2.INTER_AREA)
     small_ids = cv2.resize(label_map(50), (200, 24), interpolation=cv2.INTER_NEAREST)
-    np.testing.assert_array_equal(picture[:24], overlay(small_rgb, small_ids))
+    np.testing.assert_array_equal(picture[:24], labelled(overlay(small_rgb, small_ids), small_rgb, small_ids))
     caption = Caption("frame 00000", {1: "2.1%  conf 0.88", 2: "3.1%  conf 0.50"})  # from the 48x400 mask
     rows = painter.bands.rows
     np.testing.assert_array_equal(picture[24 : 24 + (1 + rows) * ROW_HEIGHT], caption_band(caption, 200, rows))

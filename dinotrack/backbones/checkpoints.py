@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from dinotrack.backbones.registry import BackboneSpec, list_backbones
-from dinotrack.structs import UsageError
+from dinotrack.structs import DinotrackError, UsageError
 
 META_DOWNLOADS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 
@@ -65,7 +65,30 @@ def existing_file(weights: str | Path, spec: BackboneSpec) -> Path:
             f"--weights {weights}: {path} {problem}. Pass the path of a checkpoint file: "
             f"{meta_file_phrase(spec)} or a timm-format .safetensors of the same model."
         )
+    text = _text_start(path)
+    if text is not None:
+        raise UsageError(
+            f"--weights {weights} is a text file (it starts with {text!r}), not a checkpoint. Pass the "
+            f"checkpoint file itself: {meta_file_phrase(spec)} or a timm-format .safetensors of the same model."
+        )
     return path
+
+
+def _text_start(path: Path, size: int = 512) -> str | None:
+    """The first line of ``path`` (at most 40 characters) if its first ``size`` bytes are text, else ``None``.
+
+    Checkpoints (zip archives, pickles, safetensors) start with binary bytes;
+    a text file is a download page, a README or a list of links saved by mistake.
+    """
+    with path.open("rb") as stream:
+        head = stream.read(size)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # also a multi-byte character cut at the end: binary enough not to guess
+        return None
+    if not text or not all(char.isprintable() or char in "\t\r\n" for char in text):
+        return None
+    return text.strip().splitlines()[0][:40] if text.strip() else text[:40]
 
 
 def meta_file_phrase(spec: BackboneSpec) -> str:
@@ -135,9 +158,10 @@ def _is_safetensors(path: Path) -> bool:
         return stream.read(9)[8:] == b"{"
 
 
-def _corrupt_file_error(path: Path, error: Exception) -> UsageError:
+def _corrupt_file_error(path: Path, error: Exception) -> DinotrackError:
+    """A damaged download: found while loading, so a failure at run time (exit status 1)."""
     reason = ": ".join(filter(None, (type(error).__name__, first_sentence(error))))
-    return UsageError(
+    return DinotrackError(
         f"{path} is truncated or corrupt and cannot be read ({reason}). Download it again "
         "and compare its size (or its sha256) with the source."
     )

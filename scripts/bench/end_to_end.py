@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +60,13 @@ class ProcessRun:
 
 
 def track_process(
-    work: Workspace, source: Path, output: Path, options: RunOptions, *, extra: tuple[str, ...] = ()
+    work: Workspace, source: Path, output: Path, options: RunOptions, *, mask: Path | None = None, extra: Sequence[str] = (),
 ) -> ProcessRun:
-    """Run ``dinotrack track source`` with the workspace's mask, ``options`` and the ``extra`` arguments
-    in a fresh Python process, as a user would (``options.model`` a name or an import path,
+    """Run ``dinotrack track source`` with ``mask`` (default: the workspace's), ``options`` and ``extra``
+    arguments in a fresh Python process, as a user would (``options.model`` a name or an import path,
     ``options.weights`` a file)."""
     arguments = [
-        "track", str(source), "--mask", str(work.mask_file), "--output", str(output), "--model", str(options.model),
+        "track", str(source), "--mask", str(mask or work.mask_file), "--output", str(output), "--model", str(options.model),
         "--weights", str(options.weights), "--device", options.device, "--short-side", str(options.short_side),
         "--preset", options.preset, "--overwrite", *extra,
     ]  # fmt: skip

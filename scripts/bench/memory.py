@@ -22,7 +22,7 @@ TINY = "dinotrack.testing:TINY"
 
 def table(work: Workspace, short_side: int) -> Table:
     """Peak RSS of ``dinotrack track`` at ``short_side`` on a short and a long video."""
-    options = work.options(short_side, model=TINY, weights=_tiny_weights(work.root))
+    options = work.options(short_side, model=TINY, weights=tiny_weights(work.root))
     title = (
         f"Peak RSS at S={short_side}, --preset {work.args.preset} ({describe(options.config)}): dinotrack track, "
         f"tiny random backbone ({TINY}), {work.frame_size[1]}x{work.frame_size[0]} H.264, overlay on"
@@ -39,7 +39,7 @@ def table(work: Workspace, short_side: int) -> Table:
     return result
 
 
-def _tiny_weights(root: Path) -> Path:
+def tiny_weights(root: Path) -> Path:
     """The tiny backbone's random weights (seed 0), written once."""
     path = root / "tiny.safetensors"
     return path if path.exists() else write_timm_checkpoint(path)
