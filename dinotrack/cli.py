@@ -27,7 +27,7 @@ from rich import box
 from rich.table import Table
 
 from dinotrack import __version__
-from dinotrack.structs import DinotrackError, UsageError
+from dinotrack.structs import OVERLAY_MAX_SIDE, DinotrackError, UsageError
 
 # Idle OpenMP workers (PyTorch's CPU threads) spin for a long while before they
 # sleep. dinotrack runs decoding, writing and propagation beside the backbone, so
@@ -123,6 +123,16 @@ DirectionOpt = Annotated[
     ),
 ]
 NoOverlay = Annotated[bool, typer.Option("--no-overlay", help="Do not write overlay.mp4 (same as --overlay none).")]
+OverlayMaxSide = Annotated[
+    int,
+    typer.Option(
+        "--overlay-max-side",
+        help=f"Shrink overlay.mp4 so that its long side is at most N pixels (default {OVERLAY_MAX_SIDE}: 4K "
+        "frames are halved); 0: the frame size. Masks always keep the frame size.",
+    ),
+]
+
+
 ExportOpt = Annotated[
     Optional[Export],
     typer.Option("--export", help="Also write the masks as coco: annotations.coco.json (RLE per object per frame), when the run completes."),
@@ -145,6 +155,11 @@ def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:
     if no_overlay and overlay not in (Overlay.auto, Overlay.none):
         raise UsageError(f"--no-overlay and --overlay {overlay.value} contradict each other: choose one.")
     return Overlay.none.value if no_overlay else overlay.value
+
+
+def _overlay_max_side(pixels: int) -> int | None:
+    """``--overlay-max-side``'s value for :class:`RunOptions` (0: the frame size, ``None``)."""
+    return pixels or None
 
 
 def _version(value: bool) -> None:
@@ -284,6 +299,7 @@ def track(
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of ground-truth masks: also write metrics.json/csv/png and report.html.")] = None,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    overlay_max_side: OverlayMaxSide = OVERLAY_MAX_SIDE,
     export: ExportOpt = None,
     labels: LabelsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier run in --output.")] = False,
@@ -301,6 +317,7 @@ def track(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            overlay_max_side=_overlay_max_side(overlay_max_side),
             direction=direction.value,
             **_export_options(export, labels),
         )
@@ -473,6 +490,7 @@ def batch(
     compile_model: Compile = False,
     overlay: OverlayOpt = Overlay.auto,
     no_overlay: NoOverlay = False,
+    overlay_max_side: OverlayMaxSide = OVERLAY_MAX_SIDE,
     direction: DirectionOpt = Direction.both,
     export: ExportOpt = None,
     labels: LabelsOpt = None,
@@ -491,6 +509,7 @@ def batch(
             preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
             temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
             batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
+            overlay_max_side=_overlay_max_side(overlay_max_side),
             direction=direction.value,
             **_export_options(export, labels),
         )

@@ -145,6 +145,11 @@ def _checked_ids(values: np.ndarray, path: Path) -> np.ndarray:
     return values.astype(np.uint8)
 
 
+PNG_LEVEL = 1
+"""zlib level of the mask PNGs. Measured on DAVIS masks at 3840x2160: level 1 takes 10.5 ms for
+12 KiB, the default 6 16.1 ms for 6 KiB, 9 22.6 ms for 4 KiB (at 854x480: 0.8, 0.9 and 5.3 ms)."""
+
+
 def write_label_map(path: str | os.PathLike, ids: np.ndarray) -> None:
     """Write ``[H, W] uint8`` ids as an indexed PNG with the DAVIS palette.
 
@@ -154,7 +159,7 @@ def write_label_map(path: str | os.PathLike, ids: np.ndarray) -> None:
     path = Path(path)
     image = Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8), mode="P")
     image.putpalette(PALETTE.tobytes())
-    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG", compress_level=PNG_LEVEL))
 
 
 def object_ids(ids: np.ndarray) -> list[int]:

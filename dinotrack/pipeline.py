@@ -67,7 +67,7 @@ from dinotrack.sinks import (
 from dinotrack.schedule import DIRECTIONS, Direction, Schedule
 from dinotrack.sources import Frame, FrameSource, open_source, prefetch
 from dinotrack.spill import SPILL_FOLDER, Spill
-from dinotrack.structs import DinotrackError, TrackConfig, UsageError, preset
+from dinotrack.structs import OVERLAY_MAX_SIDE, DinotrackError, TrackConfig, UsageError, preset
 from dinotrack.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -100,10 +100,13 @@ class RunOptions:
     each object's area and confidence), ``"evaluated"`` (against the ground
     truth: missed and wrongly claimed pixels, J and F per frame),
     ``"side-by-side"`` (prediction | ground truth), ``"none"`` (no video), or
-    ``"auto"``: evaluated with ground truth, plain without. ``export``: extra
-    formats of the masks, written when the run completes (``("coco",)``:
-    ``annotations.coco.json``); ``labels``: ``{object id: name}`` for the
-    COCO categories (every id named must be in the keyframes). ``tweaks``: any other
+    ``"auto"``: evaluated with ground truth, plain without. ``overlay_max_side``:
+    the overlay's long side at most this many pixels (frames larger than that
+    are shrunk for it; ``None``: the frame size); masks always keep the frame
+    size. ``export``: extra formats of the masks, written when the run
+    completes (``("coco",)``: ``annotations.coco.json``); ``labels``:
+    ``{object id: name}`` for the COCO categories (every id named must be in
+    the keyframes). ``tweaks``: any other
     :class:`TrackConfig` fields to change (``{"first_mask": "area"}``), for
     experiments; the record's ``settings`` show the result. ``direction``:
     ``"both"`` tracks the frames between two keyframes from both and fuses
@@ -125,6 +128,7 @@ class RunOptions:
     workers: int | None = None
     compile: bool = False
     overlay: OverlayChoice = "auto"
+    overlay_max_side: int | None = OVERLAY_MAX_SIDE
     direction: Direction = "both"
     export: tuple[ExportFormat, ...] = ()
     labels: Mapping[int, str] = field(default_factory=dict)
@@ -138,6 +142,10 @@ class RunOptions:
             raise UsageError(f"--workers must be at least 1 (got {self.workers}).")
         if self.overlay not in get_args(OverlayChoice):
             raise UsageError(f"--overlay must be one of {', '.join(get_args(OverlayChoice))} (got {self.overlay!r}).")
+        if self.overlay_max_side is not None and self.overlay_max_side < 16:
+            raise UsageError(
+                f"--overlay-max-side must be at least 16 pixels, or 0 for the frame size (got {self.overlay_max_side})."
+            )
         if self.direction not in DIRECTIONS:
             raise UsageError(f"--direction must be one of {', '.join(DIRECTIONS)} (got {self.direction!r}).")
         unknown = set(self.export) - set(get_args(ExportFormat))
@@ -433,7 +441,9 @@ def track_video(
     keyframe_names = [frames.stem(index) for index in masks.indices]
     for warning in check_ground_truth(Path(gt), frames, keyframes=keyframe_names) if gt is not None else []:
         log.warning("%s", warning)
-    painter = _painter(options.overlay_mode(with_gt=gt is not None), frames, span, masks, gt)
+    painter = _painter(
+        options.overlay_mode(with_gt=gt is not None), frames, span, masks, gt, options.overlay_max_side
+    )
     check_output(output, overwrite=overwrite, resume=resume)
     previous = RunRecord.read(output) if resume else None
     if previous is not None and previous.status == "complete":
@@ -501,16 +511,21 @@ def _export_written(output: Path, frames: FrameSource, span: FrameRange, frames_
 
 
 def _painter(
-    mode: OverlayMode | None, frames: FrameSource, span: FrameRange, masks: Keyframes, gt: str | os.PathLike | None,
+    mode: OverlayMode | None,
+    frames: FrameSource,
+    span: FrameRange,
+    masks: Keyframes,
+    gt: str | os.PathLike | None,
+    max_side: int | None,
 ) -> Painter | None:
     """What draws the run's overlay pictures (checking the ground truth now, before any output exists)."""
     if mode is None:
         return None
     total = span.total(frames.frame_count)
     if mode == "plain":
-        return PlainPainter(frames.size, total, object_ids(masks.get(masks.first)))
+        return PlainPainter(frames.size, total, object_ids(masks.get(masks.first)), max_side=max_side)
     truth = GroundTruth(Path(gt), frames.size)
-    return EvaluatedPainter(frames.size, total, truth, side=mode == "side-by-side")
+    return EvaluatedPainter(frames.size, total, truth, side=mode == "side-by-side", max_side=max_side)
 
 
 def _plan_settings(

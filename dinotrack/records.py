@@ -41,7 +41,7 @@ class RunRecord:
     ``settings``: the :class:`~dinotrack.structs.TrackConfig` fields plus the
     runtime ones (batch size, workers, compile, device). ``weights``:
     ``{"source": ..., "sha256": ...}``. ``seconds``: per stage, summed over
-    frames, and ``total``. ``overlay``: ``{"mode", "codec", "frames"}`` when one was
+    frames, and ``total``. ``overlay``: ``{"mode", "codec", "size", "frames"}`` when one was
     written. ``confidence``: ``{"<object id>": [value or None per frame]}``
     (see :mod:`dinotrack.confidence`); ``low_confidence_frames``: the frames
     where an object's confidence dropped sharply, each ``{"index", "frame"

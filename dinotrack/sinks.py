@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
+import cv2
 import numpy as np
 
 from dinotrack.coco import COCO_FILE, CocoWriter
@@ -111,8 +112,30 @@ class OverlayVideo:
         self.video.close()
 
     def describe(self) -> dict[str, object]:
-        """For ``run.json``: the mode, the codec and the frames written."""
-        return {"mode": self.painter.mode, "codec": self.video.codec, "frames": self.video.frames_written}
+        """For ``run.json``: the mode, the codec, the pictures' ``[H, W]`` and the frames written."""
+        return {
+            "mode": self.painter.mode, "codec": self.video.codec, "size": list(self.painter.size),
+            "frames": self.video.frames_written,
+        }
+
+
+def picture_size(frame_size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``(H, W)`` of an overlay's picture of a frame: the frame's, shrunk with its aspect kept so that
+    the long side is at most ``max_side`` (``None``: the frame's size)."""
+    height, width = frame_size
+    if max_side is None or max(height, width) <= max_side:
+        return frame_size
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _fitted(size: tuple[int, int], rgb: np.ndarray, *label_maps: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``rgb`` (area-averaged) and the ``[H, W] uint8`` label maps (nearest) at ``size``; unchanged at their own size."""
+    if rgb.shape[:2] == size:
+        return (rgb, *label_maps)
+    dsize = (size[1], size[0])
+    small = [cv2.resize(ids, dsize, interpolation=cv2.INTER_NEAREST) for ids in label_maps]
+    return (cv2.resize(rgb, dsize, interpolation=cv2.INTER_AREA), *small)
 
 
 class _Bands:
@@ -130,20 +153,28 @@ class _Bands:
 
 class PlainPainter:
     """The prediction tinted (:func:`~dinotrack.render.overlay`); the caption gives each object's
-    area (% of the frame) and confidence, the timeline plots the confidence."""
+    area (% of the frame) and confidence, the timeline plots the confidence.
+
+    ``max_side``: the picture is drawn at :func:`picture_size` (the figures
+    in the caption still come from the full-size mask)."""
 
     mode: OverlayMode = "plain"
 
-    def __init__(self, frame_size: tuple[int, int], frames: int | None, objects: Sequence[int]) -> None:
-        self.bands = _Bands(frame_size[1], frames, len(objects))
-        self.size = (frame_size[0] + self.bands.height, frame_size[1])
+    def __init__(
+        self, frame_size: tuple[int, int], frames: int | None, objects: Sequence[int], *, max_side: int | None = None
+    ) -> None:
+        self.picture = picture_size(frame_size, max_side)
+        self.bands = _Bands(self.picture[1], frames, len(objects))
+        self.size = (self.picture[0] + self.bands.height, self.picture[1])
 
     def paint(self, frame: Frame, prediction: Prediction) -> np.ndarray:
         ids = prediction.ids
         percent = np.bincount(ids.ravel(), minlength=256) * (100.0 / ids.size)
         entries = {label: f"{percent[label]:.1f}%  conf {value:.2f}" for label, value in prediction.confidence.items()}
         caption = Caption(f"frame {frame.stem}", entries)
-        return self.bands.around(labelled(overlay(frame.rgb, ids), frame.rgb, ids), frame.index, caption, prediction.confidence)
+        picture, small_ids = _fitted(self.picture, frame.rgb, ids)
+        picture = labelled(overlay(picture, small_ids), picture, small_ids)
+        return self.bands.around(picture, frame.index, caption, prediction.confidence)
 
 
 class GroundTruth:
@@ -185,15 +216,26 @@ class EvaluatedPainter:
     """The prediction against the ground truth: :func:`~dinotrack.render.evaluated_overlay`
     (``side_by_side``: prediction | ground truth); the caption gives each object's J and F
     on the frame, the timeline plots each object's (J + F) / 2. Frames without
-    ground truth show the plain overlay and say so."""
+    ground truth show the plain overlay and say so. ``max_side``: each
+    picture is drawn at :func:`picture_size` (J and F still come from the
+    full-size masks)."""
 
-    def __init__(self, frame_size: tuple[int, int], frames: int | None, gt: GroundTruth, *, side: bool = False) -> None:
+    def __init__(
+        self,
+        frame_size: tuple[int, int],
+        frames: int | None,
+        gt: GroundTruth,
+        *,
+        side: bool = False,
+        max_side: int | None = None,
+    ) -> None:
         self.gt = gt
         self.side = side
         self.mode: OverlayMode = "side-by-side" if side else "evaluated"
-        width = frame_size[1] * (2 if side else 1)
+        self.picture = picture_size(frame_size, max_side)
+        width = self.picture[1] * (2 if side else 1)
         self.bands = _Bands(width, frames, len(gt.objects))
-        self.size = (frame_size[0] + self.bands.height, width)
+        self.size = (self.picture[0] + self.bands.height, width)
 
     def paint(self, frame: Frame, prediction: Prediction) -> np.ndarray:
         gt = self.gt.get(frame.stem)
@@ -207,6 +249,10 @@ class EvaluatedPainter:
         return self.bands.around(self._picture(frame.rgb, prediction.ids, gt), frame.index, caption, values)
 
     def _picture(self, rgb: np.ndarray, ids: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
+        if gt is None:
+            rgb, ids = _fitted(self.picture, rgb, ids)
+        else:
+            rgb, ids, gt = _fitted(self.picture, rgb, ids, gt)
         if self.side:
             return side_by_side(rgb, ids, gt)
         return labelled(overlay(rgb, ids) if gt is None else evaluated_overlay(rgb, ids, gt), rgb, ids)

@@ -101,6 +101,10 @@ class TrackConfig:
         return dataclasses.asdict(self)
 
 
+OVERLAY_MAX_SIDE = 1920
+"""The overlay's default longest side in pixels: 1080p and smaller frames keep their size, 4K ones
+are halved (see the README's Performance section for the encoding cost by size)."""
+
 PRESETS: dict[str, TrackConfig] = {
     "paper": TrackConfig(),
     "default": TrackConfig(first_mask="area", refine="colour"),

@@ -22,6 +22,9 @@ per short side ``S`` of ``--short-sides``, each with the preset it ran
 - ``batch``: the shared DAVIS sequences as one batch on a local Ray
   instance against one after another in this process
   (``scripts/bench/batch.py``).
+- ``cached``: ``dinotrack track --features`` on cached features in a fresh
+  process, start-up included, against the literal algorithm on the same
+  features (``scripts/bench/cached.py``).
 - ``overlay-modes``: each ``--overlay`` mode's picture per frame on one
   thread, against the ground truth (``scripts/bench/overlay_modes.py``; the
   short side plays no part).
@@ -60,7 +63,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the dinotrack CLI sets it,
 
 import torch  # noqa: E402
 
-from bench import backward, batch, end_to_end, keyframes, memory, overlay_modes, stages  # noqa: E402
+from bench import backward, batch, cached, end_to_end, keyframes, memory, overlay_modes, stages  # noqa: E402
 from bench.common import FOOTAGE, FRAME_SIZE, Table, Workspace, machine_table  # noqa: E402
 from dinotrack.backbones import resolve_device  # noqa: E402
 from dinotrack.structs import PRESETS  # noqa: E402
@@ -73,12 +76,24 @@ PARTS: dict[str, Callable[[Workspace, int], Table]] = {
     "keyframes": keyframes.table,
     "batch": batch.table,
     "overlay-modes": overlay_modes.table,
+    "cached": cached.table,
 }
 """Each part makes one table per short side."""
 
 
 def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """``"1920x1080"`` -> ``(1080, 1920)``, i.e. ``(H, W)``."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1920x1080 (got {text!r})") from None
+    if min(width, height) < 16:
+        raise argparse.ArgumentTypeError(f"frames must be at least 16x16 (got {text!r})")
+    return height, width
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,6 +110,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keyframe-every", type=int, default=5, help="a keyframe every this many frames")
     parser.add_argument(
         "--keyframe-features", default="oracle", choices=("oracle", "backbone"), help="the keyframe runs' feature cache"
+    )
+    parser.add_argument(
+        "--frame-size", type=frame_size, default=FRAME_SIZE, metavar="WxH",
+        help="frames of the clips, e.g. 1920x1080 or 3840x2160 (default 854x480; DAVIS upscaled bicubic); "
+        "the keyframes and overlay-modes parts keep 854x480",
     )
     parser.add_argument("--model", default="vits16", help="backbone: a registered name or an import path")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights)")
@@ -118,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     machine_table(resolve_device(args.device)).print()
-    print(f"\nFrames: {FOOTAGE.describe()}, {FRAME_SIZE[1]}x{FRAME_SIZE[0]}. CPU time: all threads of the process.")
+    height, width = args.frame_size
+    print(f"\nFrames: {FOOTAGE.describe()}, {width}x{height}. CPU time: all threads of the process.")
     with tempfile.TemporaryDirectory(prefix="dinotrack-benchmark-") as folder:
         work = Workspace(Path(folder), args)
         for part in args.parts:

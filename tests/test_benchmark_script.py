@@ -39,3 +39,20 @@ def test_only_takes_parts_or_single_stages():
     assert args.stages == {"propagation"}
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--only", "highres"])
+
+
+def test_frame_size_sets_the_clips_frames(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    assert benchmark.parse_args(["--frame-size", "3840x2160"]).frame_size == (2160, 3840)
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--frame-size", "1920"])
+    monkeypatch.setattr(stages, "OUTPUT_FRAMES", 2)
+    benchmark.main([*TINY_RUN[:1], "decode,output", *TINY_RUN[2:], "--frame-size", "320x176"])
+    printed = capsys.readouterr().out
+    assert "320x176. CPU time" in printed and "3 frames of 320x176" in printed and "| 320x176, " in printed
+
+
+def test_cached_part_compares_the_features_run_with_the_literal_algorithm(capsys: pytest.CaptureFixture[str]):
+    benchmark.main(["--only", "cached", "--model", "dinotrack.testing:TINY", "--short-sides", "32"])
+    printed = capsys.readouterr().out
+    assert "dinotrack track --features (fresh process)" in printed and "literal / dinotrack" in printed
+    assert "masks identical" in printed

@@ -92,9 +92,21 @@ def test_side_by_side_overlay(tiny_weights: Path, tmp_path: Path):
     assert json.loads((output / "run.json").read_text())["overlay"]["mode"] == "side-by-side"
 
 
+def test_overlay_max_side_shrinks_the_overlay_not_the_masks(tiny_weights: Path, tmp_path: Path):
+    output = tmp_path / "run"
+    result = invoke("track", SAMPLE / "shapes.mp4", "--mask", SAMPLE / "shapes_mask.png", "--output", output,
+                    "--weights", tiny_weights, *TINY, "--overlay-max-side", "214")
+    assert result.exit_code == 0, result.output
+    described = json.loads((output / "run.json").read_text())["overlay"]
+    assert described["size"][1] == 214 and video_size(output / "overlay.mp4")[1] == 214
+    assert video_size(output / "overlay.mp4")[0] == described["size"][0] + described["size"][0] % 2
+    assert_complete_run(output, 60, (240, 426), {1, 2})
+
+
 @pytest.mark.parametrize(
     ("options", "words"),
     [
+        (["--overlay-max-side", "8"], "--overlay-max-side must be at least 16 pixels"),
         (["--overlay", "evaluated"], "--overlay evaluated draws the prediction against the ground truth"),
         (["--overlay", "side-by-side"], "Pass --gt DIR"),
         (["--overlay", "plain", "--no-overlay"], "contradict each other"),

@@ -45,14 +45,33 @@ def run_fast(first, probs, rest, **settings):
         (6, 21, dict(radius=5.0, tile=3)),  # row length not a whole number of tiles
     ],
 )
-def test_windowed_propagation_equals_literal(h, w, settings):
+@pytest.mark.parametrize("path", ["windowed", "dense"])
+def test_propagation_equals_literal(h, w, settings, path):
     features = drifting_features(h, w, 16, 10)
     probs = torch.softmax(3 * torch.randn(3, h, w, generator=torch.Generator().manual_seed(1)), 0)
     literal_settings = {"shape" if k == "neighbourhood" else k: v for k, v in settings.items() if k != "tile"}
     expected = list(propagate_literal(features[0], probs, features[1:], **literal_settings))
-    got = run_fast(features[0], probs, features[1:], **settings)
+    got = run_fast(features[0], probs, features[1:], **settings, path=path)
     for e, g in zip(expected, got):
         assert torch.allclose(e, g, atol=1e-5)
+
+
+def test_auto_path_is_dense_on_small_grids_only():
+    propagator = LabelPropagator(radius=12.0)
+    assert propagator.dense_for((15, 27))  # S=240
+    assert not propagator.dense_for((30, 54))  # S=480
+    assert not LabelPropagator(radius=2.0).dense_for((15, 27))
+
+
+@pytest.mark.parametrize("path", ["windowed", "dense"])
+def test_masks_identical_to_literal_at_s240(path):
+    """On the S=240 grid (15x27) with backbone-sized features, both paths give the literal algorithm's label maps."""
+    features = drifting_features(15, 27, 384, 12)
+    probs = torch.softmax(3 * torch.randn(3, 15, 27, generator=torch.Generator().manual_seed(2)), 0)
+    expected = propagate_literal(features[0], probs, features[1:])
+    got = run_fast(features[0], probs, features[1:], path=path)
+    for e, g in zip(expected, got):
+        assert np.array_equal(literal_probs_to_ids(e, [0, 1, 2], (240, 432)), literal_probs_to_ids(g, [0, 1, 2], (240, 432)))
 
 
 def test_offsets_count_and_shape():

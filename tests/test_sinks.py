@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ from dinotrack.render import (
     overlay,
     side_by_side,
 )
-from dinotrack.sinks import EvaluatedPainter, GroundTruth, PlainPainter, Prediction
+from dinotrack.sinks import EvaluatedPainter, GroundTruth, PlainPainter, Prediction, picture_size
 from dinotrack.sources import Frame
 from dinotrack.structs import UsageError
 
@@ -89,3 +90,38 @@ def test_the_plain_caption_gives_area_and_confidence():
     picture = painter.paint(frame(0), Prediction(label_map(50), {1: 0.875, 2: 0.5}))
     caption = Caption("frame 00000", {1: "2.1%  conf 0.88", 2: "3.1%  conf 0.50"})  # 400 and 600 of 19200 pixels
     np.testing.assert_array_equal(picture[SIZE[0] : SIZE[0] + 2 * ROW_HEIGHT], caption_band(caption, SIZE[1], 1))
+
+
+@pytest.mark.parametrize(
+    ("frame_size", "max_side", "expected"),
+    [
+        ((2160, 3840), 1920, (1080, 1920)),
+        ((1080, 1920), 1920, (1080, 1920)),
+        ((1920, 1080), 960, (960, 540)),  # portrait: the long side is the height
+        ((481, 855), 427, (240, 427)),  # odd sizes round to the nearest pixel
+        ((48, 400), None, (48, 400)),
+    ],
+)
+def test_picture_size_keeps_the_aspect_and_bounds_the_long_side(frame_size, max_side, expected):
+    assert picture_size(frame_size, max_side) == expected
+
+
+def test_a_shrunk_plain_picture_keeps_the_full_size_figures():
+    painter = PlainPainter(SIZE, None, [1, 2], max_side=200)
+    picture = painter.paint(frame(0), Prediction(label_map(50), {1: 0.875, 2: 0.5}))
+    assert painter.picture == (24, 200) and picture.shape[:2] == painter.size and painter.size[1] == 200
+    small_rgb = cv2.resize(frame(0).rgb, (200, 24), interpolation=cv2.INTER_AREA)
+    small_ids = cv2.resize(label_map(50), (200, 24), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(picture[:24], labelled(overlay(small_rgb, small_ids), small_rgb, small_ids))
+    caption = Caption("frame 00000", {1: "2.1%  conf 0.88", 2: "3.1%  conf 0.50"})  # from the 48x400 mask
+    rows = painter.bands.rows
+    np.testing.assert_array_equal(picture[24 : 24 + (1 + rows) * ROW_HEIGHT], caption_band(caption, 200, rows))
+
+
+def test_a_shrunk_side_by_side_scores_at_full_size(gt_folder: Path):
+    painter = EvaluatedPainter(SIZE, 3, GroundTruth(gt_folder, SIZE), side=True, max_side=200)
+    picture = painter.paint(frame(0), Prediction(label_map(60), {}))
+    assert picture.shape[:2] == painter.size and painter.size[1] == 400
+    small = [cv2.resize(ids, (200, 24), interpolation=cv2.INTER_NEAREST) for ids in (label_map(60), label_map(50))]
+    small_rgb = cv2.resize(frame(0).rgb, (200, 24), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(picture[:24], side_by_side(small_rgb, *small))

@@ -124,13 +124,13 @@ class Footage:
             return f"DAVIS {', '.join(self.sequences)} looped, with ground truth"
         return "sample clip shapes.mp4 and its ground truth upscaled, looped"
 
-    def frames(self, count: int) -> Iterator[np.ndarray]:
-        """``count`` frames ``[480, 854, 3] uint8`` RGB."""
-        return looped(self._frame_pass, count)
+    def frames(self, count: int, size: tuple[int, int] = FRAME_SIZE) -> Iterator[np.ndarray]:
+        """``count`` frames ``[H, W, 3] uint8`` RGB of ``size`` ``(H, W)`` (bicubic from 854x480)."""
+        return (_resized(rgb, size, cv2.INTER_CUBIC) for rgb in looped(self._frame_pass, count))
 
-    def masks(self, count: int) -> Iterator[np.ndarray]:
-        """The ground truth ``[480, 854] uint8`` of the frames of :meth:`frames`."""
-        return looped(self._mask_pass, count)
+    def masks(self, count: int, size: tuple[int, int] = FRAME_SIZE) -> Iterator[np.ndarray]:
+        """The ground truth ``[H, W] uint8`` of the frames of :meth:`frames` (nearest from 854x480)."""
+        return (_resized(ids, size, cv2.INTER_NEAREST) for ids in looped(self._mask_pass, count))
 
     def _frame_pass(self) -> Iterator[np.ndarray]:
         if self.sequences:
@@ -149,22 +149,26 @@ class Footage:
         return [file for name in self.sequences for file in sorted((DAVIS / kind / "480p" / name).glob(pattern))]
 
 
+def _resized(image: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    return image if image.shape[:2] == size else cv2.resize(image, size[::-1], interpolation=interpolation)
+
+
 FOOTAGE = Footage(davis_sequences())
 """Every DAVIS sequence of the shared data, or the sample clip: what the parts run on unless they say otherwise."""
 
 
-def write_video(path: Path, count: int, footage: Footage = FOOTAGE) -> Path:
-    """An H.264 (or mp4v) clip of the first ``count`` frames of ``footage`` at 24 fps."""
-    with VideoWriter(path, FPS, FRAME_SIZE) as writer:
-        for rgb in footage.frames(count):
+def write_video(path: Path, count: int, footage: Footage = FOOTAGE, size: tuple[int, int] = FRAME_SIZE) -> Path:
+    """An H.264 (or mp4v) clip of the first ``count`` frames of ``footage`` at ``size`` ``(H, W)``, 24 fps."""
+    with VideoWriter(path, FPS, size) as writer:
+        for rgb in footage.frames(count, size):
             writer.write(rgb)
     return path
 
 
-def write_folder(path: Path, count: int) -> Path:
-    """A folder of the first ``count`` frames as JPEG (quality 95), named 00000.jpg, ..."""
+def write_folder(path: Path, count: int, size: tuple[int, int] = FRAME_SIZE) -> Path:
+    """A folder of the first ``count`` frames at ``size`` as JPEG (quality 95), named 00000.jpg, ..."""
     path.mkdir(parents=True)
-    for index, rgb in enumerate(FOOTAGE.frames(count)):
+    for index, rgb in enumerate(FOOTAGE.frames(count, size)):
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(path / f"{index:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
     return path
@@ -263,14 +267,19 @@ class Workspace:
         options = RunOptions(preset=self.args.preset, short_side=short_side, model=self.args.model, device=self.args.device)
         return options.replace(**changes)
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the frames of every clip (``--frame-size``)."""
+        return self.args.frame_size
+
     def config(self, short_side: int) -> TrackConfig:
         """The one preset's settings at ``short_side``, as a run derives them."""
         return self.options(short_side).config
 
     @cached_property
     def mask(self) -> np.ndarray:
-        """The first frame's ``[480, 854] uint8`` ground truth."""
-        return next(FOOTAGE.masks(1))
+        """The first frame's ``[H, W] uint8`` ground truth."""
+        return next(FOOTAGE.masks(1, self.frame_size))
 
     @cached_property
     def mask_file(self) -> Path:
@@ -284,12 +293,12 @@ class Workspace:
 
     def clip(self, count: int, footage: Footage = FOOTAGE) -> Path:
         """An H.264 clip of the first ``count`` frames of ``footage`` (written once)."""
-        path = self.root / f"clip{count}-{footage.name}.mp4"
-        return path if path.exists() else write_video(path, count, footage)
+        path = self.root / f"clip{count}-{footage.name}-{self.frame_size[1]}x{self.frame_size[0]}.mp4"
+        return path if path.exists() else write_video(path, count, footage, self.frame_size)
 
     @cached_property
     def folder(self) -> Path:
-        return write_folder(self.root / f"clip{self.args.frames}", self.args.frames)
+        return write_folder(self.root / f"clip{self.args.frames}", self.args.frames, self.frame_size)
 
     @cached_property
     def weights(self) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import FRAME_SIZE, Table, Workspace, describe, verdict
+from bench.common import Table, Workspace, describe, verdict
 from bench.end_to_end import track_process
 from dinotrack.testing import write_timm_checkpoint
 
@@ -25,7 +25,7 @@ def table(work: Workspace, short_side: int) -> Table:
     options = work.options(short_side, model=TINY, weights=tiny_weights(work.root))
     title = (
         f"Peak RSS at S={short_side}, --preset {work.args.preset} ({describe(options.config)}): dinotrack track, "
-        f"tiny random backbone ({TINY}), {FRAME_SIZE[1]}x{FRAME_SIZE[0]} H.264, overlay on"
+        f"tiny random backbone ({TINY}), {work.frame_size[1]}x{work.frame_size[0]} H.264, overlay on"
     )
     result = Table(title, ("frames", "peak RSS", "wall s", "notes"))
     counts = sorted(work.args.memory_frames)
