@@ -49,7 +49,7 @@ def track_oracle(
     frames: Path, mask: Path, gt: Path, run: Path, work: Path, *, short_side: int, noise: float, overlay: str
 ) -> RunReport:
     """Track from oracle features of ``gt`` with ``noise``; with ground truth, so scored and reported."""
-    cache = write_oracle_cache(work / f"cache-{run.name}", gt, Setting(short_side, noise, 0), dim=64, seed=0)
+    cache = write_oracle_cache(work / f"cache-{run.name}", gt, Setting(short_side, noise, drift=0.0, keyframe_every=0), dim=64, seed=0)
     options = RunOptions(short_side=short_side, overlay=overlay, device="cpu")
     return track_video(frames, mask, run, options, features=cache, gt=gt)
 
