@@ -244,8 +244,8 @@ class _SinkWriter:
     """Hands each frame's prediction to every sink on a worker thread.
 
     At most ``budget.max_items`` frames wait, holding at most
-    ``budget.max_bytes`` of pixels and label maps (eight 854x480 frames, two
-    3840x2160 ones by default); errors surface on the next call.
+    ``budget.max_bytes`` of pixels and label maps (eight 854x480 frames, one
+    3840x2160 one by default); errors surface on the next call.
     """
 
     def __init__(self, sinks: list[MaskSink], stopwatch: _Stopwatch, budget: Budget = Budget(8)) -> None:

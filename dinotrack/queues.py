@@ -18,8 +18,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 MIB = 1 << 20
-QUEUE_BYTES = 64 * MIB
-"""The default byte budget of each queue of frames (five 3840x2160 RGB frames are 124 MB)."""
+QUEUE_BYTES = 32 * MIB
+"""The default byte budget of each queue of frames: eight 854x480 RGB frames (9.8 MB), five 1920x1080
+ones, one 3840x2160 one (25 MB; a second would wait)."""
 
 
 @dataclass(frozen=True)

@@ -383,7 +383,7 @@ def prefetch(iterable: Iterable, depth: int = 4, max_bytes: int = QUEUE_BYTES) -
 
     The items waiting hold at most ``max_bytes`` (by their ``nbytes``, see
     :class:`~dinotrack.queues.Budget`; at least one always waits): four
-    854x480 frames, but two 3840x2160 ones with the default.
+    854x480 frames, but one 3840x2160 one with the default.
 
     An exception raised by the producer is raised again here, after the items
     produced before it. When the consumer stops early (``close()``, ``break`` in

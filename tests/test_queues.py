@@ -1,12 +1,15 @@
-"""Queues bounded by bytes: small items wait as many as the count allows, large ones as many as fit."""
+"""Queues bounded by bytes (small items wait as many as the count allows, large ones as many as fit) and
+large freed blocks returned to the system."""
 
 from __future__ import annotations
 
+import platform
 import threading
 
 import numpy as np
 import pytest
 
+from dinotrack.memory import return_large_blocks
 from dinotrack.queues import MIB, Budget, ByteQueue
 from dinotrack.sources import Frame, prefetch
 
@@ -97,3 +100,11 @@ def test_prefetch_keeps_fewer_large_frames_waiting_than_small_ones() -> None:
         assert [frame.index for frame in items] == list(range(1, 20))
     assert waiting[(48, 64)] <= 4 + 1
     assert waiting[(480, 640)] <= 3 + 1
+
+
+def test_large_blocks_go_back_to_the_system_unless_the_user_set_glibc_s_threshold(monkeypatch) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1000000")
+    assert not return_large_blocks()
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert return_large_blocks() == glibc
