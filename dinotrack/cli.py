@@ -27,6 +27,7 @@ from rich import box
 from rich.table import Table
 
 from dinotrack import __version__
+from dinotrack.memory import return_large_blocks
 from dinotrack.structs import OVERLAY_MAX_SIDE, DinotrackError, UsageError
 
 # Idle OpenMP workers (PyTorch's CPU threads) spin for a long while before they
@@ -34,6 +35,7 @@ from dinotrack.structs import OVERLAY_MAX_SIDE, DinotrackError, UsageError
 # spinning workers would take the cores those need; told to sleep sooner, they
 # leave them free (none of the imports above loads torch; a value the user set wins).
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+return_large_blocks()  # large frames freed go back to the system, not to a thread's heap
 
 app = typer.Typer(
     help="Follow objects through a video: DINOv3 features + label propagation of a first-frame mask.",

@@ -65,14 +65,28 @@ def preprocess(
     float32 on the same device (bicubic, antialiased when shrinking).
     """
     size = (grid[0] * patch_size, grid[1] * patch_size)
-    images = rgb.permute(0, 3, 1, 2).float()
-    if tuple(images.shape[-2:]) != size:
-        shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-        images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
-        images = images.clamp(0, 255)
+    if tuple(rgb.shape[1:3]) == size:
+        images = rgb.permute(0, 3, 1, 2).float()
+    else:
+        images = _resized(rgb, size).clamp(0, 255)
     mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
     std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
     return (images - mean_t) / std_t
+
+
+def _resized(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[B, H, W, 3] uint8`` frames resized to ``size``: ``[B, 3, *size]`` float32, channels last.
+
+    One colour plane at a time, so that the full-resolution float32 copy is
+    one plane (33 MB at 3840x2160), not three; each plane is resized on its
+    own either way, so the result is bit for bit that of resizing all three.
+    """
+    shrinking = size[0] < rgb.shape[1] or size[1] < rgb.shape[2]
+    planes = [
+        F.interpolate(rgb[..., channel].float()[:, None], size=size, mode="bicubic", align_corners=False, antialias=shrinking)
+        for channel in range(rgb.shape[3])
+    ]
+    return torch.cat(planes, 1).contiguous(memory_format=torch.channels_last)
 
 
 class FeatureExtractor:
@@ -118,7 +132,8 @@ class FeatureExtractor:
         Returns ``[h, w, D]`` (one frame) or ``[B, h, w, D]`` float32.
         """
         frames = [rgb] if isinstance(rgb, np.ndarray) else rgb
-        pixels = torch.from_numpy(np.stack(frames)).to(self.device, non_blocking=True)
+        stacked = np.ascontiguousarray(frames[0])[None] if len(frames) == 1 else np.stack(frames)  # one frame: no copy
+        pixels = torch.from_numpy(stacked).to(self.device, non_blocking=True)
         images = preprocess(
             pixels, self.grid(frames[0].shape[:2]), self.backbone.patch_size, self.backbone.mean, self.backbone.std
         )

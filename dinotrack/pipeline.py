@@ -16,6 +16,7 @@ already-built backbone, so that one loaded model can serve many videos:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -49,6 +50,7 @@ from dinotrack.files import atomic_write
 from dinotrack.fusion import Side, fuse
 from dinotrack.keyframes import FrameRange, Keyframes, frame_index, frame_range, open_keyframes
 from dinotrack.masks import object_ids, read_label_map
+from dinotrack.queues import Budget
 from dinotrack.records import RUN_FILE, RunRecord, library_versions
 from dinotrack.report import REPORT_FILE, write_report
 from dinotrack.sinks import (
@@ -241,22 +243,35 @@ class _Stopwatch:
 class _SinkWriter:
     """Hands each frame's prediction to every sink on a worker thread.
 
-    At most ``depth`` frames wait; errors surface on the next call.
+    At most ``budget.max_items`` frames wait, holding at most
+    ``budget.max_bytes`` of pixels and label maps (eight 854x480 frames, one
+    3840x2160 one by default); errors surface on the next call.
     """
 
-    def __init__(self, sinks: list[MaskSink], stopwatch: _Stopwatch, depth: int = 8) -> None:
+    def __init__(self, sinks: list[MaskSink], stopwatch: _Stopwatch, budget: Budget = Budget(8)) -> None:
         self.sinks = sinks
         self.stopwatch = stopwatch
-        self.depth = depth
+        self.budget = budget
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dinotrack-writer")
-        self._pending: list[Future] = []
+        self._pending: collections.deque[tuple[Future, int]] = collections.deque()
+        self.nbytes = 0
 
     def submit(self, frame: Frame, prediction: Prediction, *, replay: bool = False) -> None:
-        """Queue a frame for every sink (with ``replay``: only the sinks that need the frames before a resume)."""
+        """Queue a frame for every sink (with ``replay``: only the sinks that need the frames before a resume).
+
+        First waits for the oldest frames until this one fits in the budget.
+        """
         sinks = [sink for sink in self.sinks if sink.replays or not replay]
-        self._pending.append(self._pool.submit(self._write, sinks, frame, prediction))
-        while len(self._pending) > self.depth:
-            self._pending.pop(0).result()
+        size = frame.nbytes + prediction.ids.nbytes
+        while not self.budget.admits(len(self._pending) + 1, self.nbytes + size):
+            self._wait_oldest()
+        self._pending.append((self._pool.submit(self._write, sinks, frame, prediction), size))
+        self.nbytes += size
+
+    def _wait_oldest(self) -> None:
+        future, size = self._pending.popleft()
+        self.nbytes -= size
+        future.result()
 
     def _write(self, sinks: list[MaskSink], frame: Frame, prediction: Prediction) -> None:
         for sink in sinks:
@@ -267,8 +282,8 @@ class _SinkWriter:
     def close(self) -> None:
         """Wait for every queued frame, then close every sink (all of them, even after an error)."""
         try:
-            for future in self._pending:
-                future.result()
+            while self._pending:
+                self._wait_oldest()
         finally:
             self._pool.shutdown(wait=True)
             _close_all(self.sinks)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -40,6 +39,7 @@ import cv2
 import numpy as np
 
 from dinotrack.inputs import image_size, is_utf8, path_problem, printable, too_many_pixels
+from dinotrack.queues import QUEUE_BYTES, Budget, ByteQueue
 from dinotrack.structs import DinotrackError, UsageError
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,11 @@ class Frame:
     index: int
     stem: str
     rgb: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of its pixels (what a queue of frames counts)."""
+        return self.rgb.nbytes
 
 
 @dataclass(frozen=True)
@@ -373,8 +378,12 @@ class _Failure:
     error: BaseException
 
 
-def prefetch(iterable: Iterable, depth: int = 4) -> Iterator:
+def prefetch(iterable: Iterable, depth: int = 4, max_bytes: int = QUEUE_BYTES) -> Iterator:
     """Yield the items of ``iterable``, produced up to ``depth`` ahead on a daemon thread.
+
+    The items waiting hold at most ``max_bytes`` (by their ``nbytes``, see
+    :class:`~dinotrack.queues.Budget`; at least one always waits): four
+    854x480 frames, but one 3840x2160 one with the default.
 
     An exception raised by the producer is raised again here, after the items
     produced before it. When the consumer stops early (``close()``, ``break`` in
@@ -383,11 +392,11 @@ def prefetch(iterable: Iterable, depth: int = 4) -> Iterator:
     """
     if depth < 1:
         raise ValueError(f"depth must be at least 1 (got {depth}).")
-    return _prefetched(iter(iterable), depth)
+    return _prefetched(iter(iterable), Budget(depth, max_bytes))
 
 
-def _prefetched(iterator: Iterator, depth: int) -> Iterator:
-    items: queue.Queue = queue.Queue(maxsize=depth)
+def _prefetched(iterator: Iterator, budget: Budget) -> Iterator:
+    items: ByteQueue = ByteQueue(budget)
     stop = threading.Event()
     thread = threading.Thread(
         target=_produce, args=(iterator, items, stop), name="dinotrack-prefetch", daemon=True
@@ -400,11 +409,11 @@ def _prefetched(iterator: Iterator, depth: int) -> Iterator:
             yield item
     finally:
         stop.set()
-        _drain(items)
+        items.clear()  # wakes a producer waiting for room, which then sees the stop
         thread.join()
 
 
-def _produce(iterator: Iterator, items: queue.Queue, stop: threading.Event) -> None:
+def _produce(iterator: Iterator, items: ByteQueue, stop: threading.Event) -> None:
     """Put every item, then ``_DONE`` (or a ``_Failure``); return early once ``stop`` is set."""
     try:
         while not stop.is_set():
@@ -417,13 +426,6 @@ def _produce(iterator: Iterator, items: queue.Queue, stop: threading.Event) -> N
     finally:
         with contextlib.suppress(Exception):
             getattr(iterator, "close", lambda: None)()
-
-
-def _drain(items: queue.Queue) -> None:
-    """Empty ``items`` so that a producer blocked on ``put`` wakes up and sees the stop."""
-    with contextlib.suppress(queue.Empty):
-        while True:
-            items.get_nowait()
 
 
 def h264_available() -> bool:
@@ -443,7 +445,8 @@ class VideoWriter:
     repeating the last row or column: the file is then one pixel taller or
     wider than the frames. ``codec`` is ``"h264"`` (PyAV/libx264, CRF 20,
     preset :data:`X264_PRESET`, faststart) or ``"mp4v"`` (OpenCV); ``None`` picks H.264
-    when available.
+    when available. At most ``queue_depth`` frames and ``max_bytes`` wait
+    for the encoder (at least one; see :class:`~dinotrack.queues.Budget`).
 
     The video is written under a hidden temporary name and renamed to
     ``path`` by :meth:`close`, so ``path`` is either absent or a complete,
@@ -461,6 +464,7 @@ class VideoWriter:
         *,
         codec: Codec | None = None,
         queue_depth: int = 8,
+        max_bytes: int = QUEUE_BYTES,
     ) -> None:
         if not fps > 0:
             raise UsageError(f"The frame rate of {path} must be greater than 0 (got {fps}).")
@@ -476,7 +480,7 @@ class VideoWriter:
                 f"Cannot create the video file {self.path}: {error}. "
                 "Check that its folder exists and is writable."
             ) from error
-        self._frames: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._frames: ByteQueue = ByteQueue(Budget(queue_depth, max_bytes))
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._encode_all, name="dinotrack-video-writer", daemon=True)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import SAMPLE
 from dinotrack.backbones import create_backbone
-from dinotrack.features import FeatureExtractor, default_workers
+from dinotrack.features import FeatureExtractor, default_workers, preprocess
 from dinotrack.sources import Frame, open_source
 
 CPU = torch.device("cpu")
@@ -74,3 +74,21 @@ def test_stopping_early_ends_the_workers(extractor_for, frames):
     stream = extractor_for(workers=2)(endless)
     assert [frame.index for frame, _ in itertools.islice(stream, 3)] == [0, 1, 2]
     stream.close()  # would hang if the pool kept pulling frames
+
+
+@pytest.mark.parametrize(("frame_size", "grid"), [((216, 384), (12, 20)), ((97, 131), (7, 9)), ((40, 56), (5, 7)), ((48, 80), (3, 5))])
+def test_preprocess_resizes_plane_by_plane_bit_for_bit_as_all_planes_at_once(
+    frame_size: tuple[int, int], grid: tuple[int, int]
+) -> None:
+    """One float32 plane at full resolution instead of three; the images (values and layout) stay the same."""
+    rgb = torch.randint(0, 256, (2, *frame_size, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    size = (grid[0] * 16, grid[1] * 16)
+    shrinking = size[0] < frame_size[0] or size[1] < frame_size[1]
+    whole = torch.nn.functional.interpolate(
+        rgb.permute(0, 3, 1, 2).float(), size=size, mode="bicubic", align_corners=False, antialias=shrinking
+    ).clamp(0, 255)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = (whole - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+    images = preprocess(rgb, grid, 16, mean, std)
+    assert torch.equal(images, expected)
+    assert images.stride() == expected.stride()
