@@ -12,7 +12,6 @@ by itself and unmaps it when freed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 MMAP_THRESHOLD = 4 << 20
@@ -26,11 +25,15 @@ def return_large_blocks() -> bool:
     Does nothing where the C library is not glibc, or where the user set
     ``MALLOC_MMAP_THRESHOLD_`` (glibc's own setting) themselves.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not _glibc():
         return False
-    name = ctypes.util.find_library("c")
+    mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: glibc's, found without a search
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+
+
+def _glibc() -> bool:
+    """Whether this process runs on glibc (which alone answers this setting)."""
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (AttributeError, ValueError, OSError):
         return False
-    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
