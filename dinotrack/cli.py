@@ -13,7 +13,7 @@ import os
 import shlex
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -150,6 +150,25 @@ def _export_options(export: Export | None, labels: Path | None) -> dict[str, Any
     from dinotrack.coco import read_labels
 
     return {"export": (export.value,) if export else (), "labels": read_labels(labels) if labels else {}}
+
+
+RUN_SETTINGS = (
+    "short_side", "context", "radius", "topk", "temperature", "keyframe_bound", "model", "weights", "device",
+    "batch_size", "workers",
+)
+"""Options of ``track``, ``batch`` and ``benchmark`` that pass to :class:`RunOptions` under their own name."""
+
+
+def _run_options(params: Mapping[str, Any]) -> Any:
+    """The :class:`RunOptions` of ``track``, ``batch`` or ``benchmark``, from its parsed options (``ctx.params``)."""
+    from dinotrack.pipeline import RunOptions
+
+    return RunOptions(
+        preset=params["preset_name"].value, compile=params["compile_model"], direction=params["direction"].value,
+        overlay=_overlay_choice(params["overlay"], params["no_overlay"]),
+        overlay_max_side=_overlay_max_side(params["overlay_max_side"]),
+        **{name: params[name] for name in RUN_SETTINGS}, **_export_options(params["export"], params["labels"]),
+    )
 
 
 def _overlay_choice(overlay: Overlay, no_overlay: bool) -> str:
@@ -311,18 +330,11 @@ def track(
 ) -> None:
     """Track the objects of keyframe masks (on any frames) through a video."""
     with _reported(debug):
-        from dinotrack.pipeline import RunOptions, track_video
+        from dinotrack.pipeline import track_video
 
         if overwrite and resume:
             raise UsageError("--overwrite and --resume contradict each other: choose one.")
-        options = RunOptions(
-            preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
-            temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
-            batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
-            overlay_max_side=_overlay_max_side(overlay_max_side),
-            direction=direction.value,
-            **_export_options(export, labels),
-        )
+        options = _run_options(ctx.params)
         with _stop_on_signals() as stop, _progress("Tracking") as (on_progress, _):
             report = track_video(
                 source, mask, output, options, gt=gt, features=features, overwrite=overwrite, resume=resume,
@@ -505,16 +517,7 @@ def batch(
 ) -> None:
     """Track many videos at once, on every core, GPU and machine of a Ray cluster (resumable)."""
     with _reported(debug):
-        from dinotrack.pipeline import RunOptions
-
-        options = RunOptions(
-            preset=preset_name.value, short_side=short_side, context=context, radius=radius, topk=topk,
-            temperature=temperature, keyframe_bound=keyframe_bound, model=model, weights=weights, device=device,
-            batch_size=batch_size, workers=workers, compile=compile_model, overlay=_overlay_choice(overlay, no_overlay),
-            overlay_max_side=_overlay_max_side(overlay_max_side),
-            direction=direction.value,
-            **_export_options(export, labels),
-        )
+        options = _run_options(ctx.params)
         _run_batch(jobs, output, options, sequences=sequences, address=address, num_workers=num_workers,
                    gpus_per_worker=gpus_per_worker, overwrite=overwrite, again=_resume_command(ctx, flag=None))
 

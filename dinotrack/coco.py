@@ -45,7 +45,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dinotrack.files import atomic_write_text, partial_path
-from dinotrack.inputs import path_problem, printable, too_many_pixels
+from dinotrack.inputs import folded, path_problem, printable, too_many_pixels
 from dinotrack.masks import MAX_ID, object_ids, read_label_map, write_label_map
 from dinotrack.structs import DinotrackError, UsageError
 
@@ -300,14 +300,14 @@ def _read_images(path: Path, entries: list) -> list[CocoImage]:
         image = _image(path, position, entry)
         if image.id in ids:
             raise _coco_error(path, f"{image.where} repeats an image id")
-        twin = stems.get(image.stem.casefold())
+        twin = stems.get(folded(image.stem))
         if twin is not None:
             raise _coco_error(
                 path, f"{image.where} and {twin.where} name the same frame once case is folded "
                 "(their masks would overwrite each other, and on Windows or macOS so would their files)"
             )
         ids.add(image.id)
-        stems[image.stem.casefold()] = image
+        stems[folded(image.stem)] = image
         images.append(image)
     return images
 

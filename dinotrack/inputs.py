@@ -22,6 +22,7 @@ import errno
 import os
 import stat
 import struct
+import unicodedata
 from pathlib import Path
 from typing import BinaryIO
 
@@ -76,6 +77,14 @@ def is_utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def folded(name: str) -> str:
+    """``name`` as a case-insensitive file system compares it: one Unicode form (NFC), case folded.
+
+    Two names that fold alike would be one file on macOS or Windows.
+    """
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def printable(path: str | os.PathLike) -> str:

@@ -20,12 +20,11 @@ import csv
 import io
 import json
 import os
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinotrack.inputs import path_problem, printable
+from dinotrack.inputs import folded, path_problem, printable
 from dinotrack.structs import UsageError
 
 FIELDS = ("source", "mask", "gt", "name")
@@ -258,7 +257,7 @@ def _check_names(entries: list[_Entry]) -> None:
                 f"{entry.origin}, field 'name': the name {name!r} {problem}. Each name becomes a folder inside the "
                 "output folder, so it must be a plain folder name; give this video another name."
             )
-        key = unicodedata.normalize("NFC", name).casefold()
+        key = folded(name)
         if key in seen:
             first = seen[key]
             alike = "the same name" if first.job.name == name else f"a name that differs only in case ({first.job.name!r})"

@@ -680,8 +680,7 @@ class _Run:
                 self._check_no_frame_waits()
                 self.status = "complete"
         except BaseException as error:
-            self.status = "failed"
-            self.record.error = str(error) or type(error).__name__
+            self._failed(error)
             raise
         finally:
             try:
@@ -700,14 +699,17 @@ class _Run:
         try:
             self.coco.save()
         except BaseException as error:
-            self.status = "failed"
-            self.record.error = str(error) or type(error).__name__
+            self._failed(error)
             raise
         self.stopwatch.add(self.coco.stage, time.perf_counter() - start)
 
+    def _failed(self, error: BaseException) -> None:
+        self.status = "failed"
+        self.record.error = str(error) or type(error).__name__
+
     def _take(self, frame: Frame, features: torch.Tensor) -> None:
         """Track one frame read: write it (and a closed stretch's waiting frames before it), or keep it waiting."""
-        mask = self.plan.masks.get(frame.index) if self.plan.schedule.is_keyframe(frame.index) else None
+        mask = self.plan.masks.get(frame.index)
         if mask is not None:
             self._close_stretch(mask, features)
             ids = self.tracker.add_mask(mask, features)

@@ -65,10 +65,6 @@ class Schedule:
             raise ValueError(f"direction must be one of {DIRECTIONS} (got {direction!r})")
         self.direction = direction
 
-    def is_keyframe(self, index: int) -> bool:
-        position = bisect.bisect_left(self.keyframes, index)
-        return position < len(self.keyframes) and self.keyframes[position] == index
-
     def plan(self, index: int) -> FramePlan:
         """Frame ``index``'s passes (it must not be a keyframe)."""
         position = bisect.bisect_left(self.keyframes, index)
