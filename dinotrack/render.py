@@ -74,34 +74,26 @@ def labelled(picture: np.ndarray, rgb: np.ndarray, ids: np.ndarray) -> np.ndarra
     picture = picture.copy()
     around = cv2.dilate(ids, HALO_KERNEL)
     halo = (ids == 0) & (around != 0)
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    brightness = np.bincount(around[halo], weights=grey[halo], minlength=256)
-    pixels = np.bincount(around[halo], minlength=256)
-    halo_colours = np.where((brightness > 128 * pixels)[:, None], np.uint8(0), np.uint8(255)).repeat(3, axis=1)
-    picture[halo] = halo_colours[around[halo]]
+    owners = around[halo]
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[halo]
+    bright = np.bincount(owners, weights=grey, minlength=256) > 128 * np.bincount(owners, minlength=256)
+    picture[halo] = np.where(bright[owners, None], np.uint8(0), np.uint8(255))
     for label, (row, column) in _centroids(ids).items():
         _outlined_text(picture, str(label), (column, row))
     return picture
 
 
 def _centroids(ids: np.ndarray) -> dict[int, tuple[int, int]]:
-    """``{object id: (row, column)}`` of each object's centre of mass."""
-    rows, columns = _grid(ids.shape)
-    flat = ids.ravel()
-    counts = np.bincount(flat, minlength=256)
-    row_sums = np.bincount(flat, weights=rows, minlength=256)
-    column_sums = np.bincount(flat, weights=columns, minlength=256)
-    return {
-        label: (int(row_sums[label] / counts[label]), int(column_sums[label] / counts[label]))
-        for label in np.flatnonzero(counts[1:]) + 1
-    }
-
-
-@functools.lru_cache(maxsize=4)
-def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column index of every pixel, flattened (``[H * W] float64`` each)."""
-    rows, columns = np.indices(shape, dtype=np.float64)
-    return rows.ravel(), columns.ravel()
+    """``{object id: (row, column)}`` of each object's centre of mass (whole pixels, rounded down)."""
+    present = np.flatnonzero(cv2.calcHist([ids], [0], None, [256], [0, 256]).ravel()[1:]) + 1  # no sort, no copy
+    centres = {}
+    for label in present.tolist():
+        mask = (ids == label).view(np.uint8)
+        per_row = cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.int64)
+        per_column = cv2.reduce(mask, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.int64)
+        pixels = int(per_row.sum())
+        centres[label] = (int(per_row @ np.arange(len(per_row)) / pixels), int(per_column @ np.arange(len(per_column)) / pixels))
+    return centres
 
 
 def _outlined_text(picture: np.ndarray, text: str, centre: tuple[int, int]) -> None:
