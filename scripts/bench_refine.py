@@ -71,12 +71,12 @@ class Sample:
     rgb: np.ndarray
 
 
-def oracle_samples(sequence: str, *, frames: int, warmup: int, noise: float, seed: int) -> list[Sample]:
+def oracle_samples(sequence: str, *, frames: int, warmup: int, noise: float, seed: int, short_side: int = 480) -> list[Sample]:
     """Probabilities propagated from the first frame's ground truth (area first mask), frames ``warmup..warmup+frames``."""
     gt = sorted((DAVIS / "Annotations" / "480p" / sequence).glob("*.png"))[: warmup + frames + 1]
     maps = [read_label_map(file) for file in gt]
     labels = [0, *sorted(set().union(*(object_ids(ids) for ids in maps)))]
-    grid = patch_grid(maps[0].shape, 480, PATCH_SIZE)
+    grid = patch_grid(maps[0].shape, short_side, PATCH_SIZE)
     generator = torch.Generator().manual_seed(seed)
     features = [torch.from_numpy(oracle_features(ids, labels, grid, dim=32, noise=noise, generator=generator)).float()
                 for ids in maps]
@@ -99,6 +99,7 @@ def load_refine(revision: str) -> types.ModuleType:
         file.write(source)
     spec = importlib.util.spec_from_file_location(f"refine_{revision}", file.name)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -131,7 +132,7 @@ def peak_extra_mb(revision: str, path: str, size: tuple[int, int], args: argpars
     """Peak RSS one call adds, in a fresh process (see :func:`measure_child`)."""
     command = [sys.executable, __file__, "--child", revision, path, f"{size[1]}x{size[0]}",
                "--sequences", *args.sequences, "--frames", str(args.frames), "--warmup", str(args.warmup),
-               "--noise", str(args.noise)]
+               "--noise", str(args.noise), "--short-side", str(args.short_side)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[-1])["mb"]
 
@@ -141,7 +142,8 @@ def measure_child(args: argparse.Namespace) -> None:
     memory during one call, above the resident memory before it (Linux: the peak is reset first)."""
     revision, path, size = args.child
     module = refine if revision == CHECKOUT else load_refine(revision)
-    sample = oracle_samples(args.sequences[0], frames=1, warmup=args.warmup, noise=args.noise, seed=args.seed)[0]
+    sample = oracle_samples(args.sequences[0], frames=1, warmup=args.warmup, noise=args.noise, seed=args.seed,
+                            short_side=args.short_side)[0]
     call(module, path, resized([sample], (120, 214))[0])
     sample = resized([sample], parse_size(size))[0]
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS
@@ -170,6 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=8, help="frames tracked before the first sample")
     parser.add_argument("--noise", type=float, default=1.0, help="oracle feature noise (scripts/oracle_eval.py)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--short-side", type=int, default=480, help="short side S of the patch grid (480: 30x54)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--child", nargs=3, metavar=("REVISION", "PATH", "SIZE"), help=argparse.SUPPRESS)
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     before = load_refine(args.before)
     samples = [s for sequence in args.sequences for s in oracle_samples(
-        sequence, frames=args.frames, warmup=args.warmup, noise=args.noise, seed=args.seed)]
+        sequence, frames=args.frames, warmup=args.warmup, noise=args.noise, seed=args.seed, short_side=args.short_side)]
     print(f"{len(samples)} samples ({', '.join(args.sequences)}; oracle noise {args.noise:g}, grid "
           f"{tuple(samples[0].probs.shape[1:])}), one thread, {args.repeats} passes; CPU ms per frame, min / median; "
           f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")

@@ -11,6 +11,7 @@ import torch
 
 from conftest import SAMPLE
 from dinotrack.backbones import create_backbone
+from dinotrack import features
 from dinotrack.features import FeatureExtractor, default_workers, preprocess
 from dinotrack.sources import Frame, open_source
 
@@ -76,11 +77,17 @@ def test_stopping_early_ends_the_workers(extractor_for, frames):
     stream.close()  # would hang if the pool kept pulling frames
 
 
-@pytest.mark.parametrize(("frame_size", "grid"), [((216, 384), (12, 20)), ((97, 131), (7, 9)), ((40, 56), (5, 7)), ((48, 80), (3, 5))])
+@pytest.mark.parametrize("band_rows", [7, 256])
+@pytest.mark.parametrize(
+    ("frame_size", "grid"),
+    [((216, 384), (12, 20)), ((97, 131), (7, 9)), ((40, 56), (5, 7)), ((48, 80), (3, 5)), ((301, 67), (6, 4)), ((83, 50), (6, 3))],
+)
 def test_preprocess_resizes_plane_by_plane_bit_for_bit_as_all_planes_at_once(
-    frame_size: tuple[int, int], grid: tuple[int, int]
+    frame_size: tuple[int, int], grid: tuple[int, int], band_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One float32 plane at full resolution instead of three; the images (values and layout) stay the same."""
+    """One float32 plane at full resolution instead of three, and when shrinking only bands of rows of one:
+    the images (values and layout) stay the same."""
+    monkeypatch.setattr(features, "RESIZE_BAND_ROWS", band_rows)
     rgb = torch.randint(0, 256, (2, *frame_size, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     size = (grid[0] * 16, grid[1] * 16)
     shrinking = size[0] < frame_size[0] or size[1] < frame_size[1]
