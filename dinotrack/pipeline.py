@@ -262,10 +262,11 @@ class _SinkWriter:
         First waits for the oldest frames until this one fits in the budget.
         """
         sinks = [sink for sink in self.sinks if sink.replays or not replay]
-        size = frame.nbytes + prediction.ids.nbytes
+        frames = [sink.pixels(frame) for sink in sinks]  # only what each reads: no 4K frame waits for PNG writing
+        size = sum(each.nbytes for each in frames) + prediction.ids.nbytes
         while not self.budget.admits(len(self._pending) + 1, self.nbytes + size):
             self._wait_oldest()
-        self._pending.append((self._pool.submit(self._write, sinks, frame, prediction), size))
+        self._pending.append((self._pool.submit(self._write, sinks, frames, prediction), size))
         self.nbytes += size
 
     def _wait_oldest(self) -> None:
@@ -273,8 +274,8 @@ class _SinkWriter:
         self.nbytes -= size
         future.result()
 
-    def _write(self, sinks: list[MaskSink], frame: Frame, prediction: Prediction) -> None:
-        for sink in sinks:
+    def _write(self, sinks: list[MaskSink], frames: list[Frame], prediction: Prediction) -> None:
+        for sink, frame in zip(sinks, frames):
             start = time.perf_counter()
             sink.write(frame, prediction)
             self.stopwatch.add(sink.stage, time.perf_counter() - start)

@@ -59,6 +59,10 @@ class MaskSink(Protocol):
     stage: ClassVar[str]  # the name its seconds are recorded under in run.json
     replays: ClassVar[bool]
 
+    def pixels(self, frame: Frame) -> Frame:
+        """What :meth:`write` needs of ``frame`` (called as the frame is queued for the sink)."""
+        ...
+
     def write(self, frame: Frame, prediction: Prediction) -> None: ...
 
     def close(self) -> None: ...
@@ -70,6 +74,9 @@ class PngMasks:
     file = "masks"
     stage = "write_masks"
     replays = False
+
+    def pixels(self, frame: Frame) -> Frame:
+        return frame.without_pixels()
 
     def __init__(self, output: Path) -> None:
         self.folder = output / self.file
@@ -86,10 +93,12 @@ class PngMasks:
 
 
 class Painter(Protocol):
-    """Draws one overlay picture per frame, in order; ``size`` is the pictures' ``(H, W)``."""
+    """Draws one overlay picture per frame, in order; ``size`` is the pictures' ``(H, W)``, ``picture``
+    the ``(H, W)`` of the frame in it (either of full size, or already :func:`_fitted_rgb` to ``picture``)."""
 
     mode: OverlayMode
     size: tuple[int, int]
+    picture: tuple[int, int]
 
     def paint(self, frame: Frame, prediction: Prediction) -> np.ndarray: ...
 
@@ -104,6 +113,10 @@ class OverlayVideo:
     def __init__(self, output: Path, fps: float, painter: Painter) -> None:
         self.painter = painter
         self.video = VideoWriter(output / self.file, fps, painter.size)
+
+    def pixels(self, frame: Frame) -> Frame:
+        """The frame shrunk to the picture's size (area-averaged) when that is smaller: 6 MB instead of 25 at 4K."""
+        return Frame(frame.index, frame.stem, _fitted_rgb(self.painter.picture, frame.rgb))
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         self.video.write(self.painter.paint(frame, prediction))
@@ -130,12 +143,14 @@ def picture_size(frame_size: tuple[int, int], max_side: int | None) -> tuple[int
 
 
 def _fitted(size: tuple[int, int], rgb: np.ndarray, *label_maps: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``rgb`` (area-averaged) and the ``[H, W] uint8`` label maps (nearest) at ``size``; unchanged at their own size."""
-    if rgb.shape[:2] == size:
-        return (rgb, *label_maps)
-    dsize = (size[1], size[0])
-    small = [cv2.resize(ids, dsize, interpolation=cv2.INTER_NEAREST) for ids in label_maps]
-    return (cv2.resize(rgb, dsize, interpolation=cv2.INTER_AREA), *small)
+    """``rgb`` (area-averaged) and the ``[H, W] uint8`` label maps (nearest) at ``size``; each unchanged at its own size."""
+    small = [ids if ids.shape == size else cv2.resize(ids, size[::-1], interpolation=cv2.INTER_NEAREST) for ids in label_maps]
+    return (_fitted_rgb(size, rgb), *small)
+
+
+def _fitted_rgb(size: tuple[int, int], rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 3] uint8`` ``rgb`` area-averaged to ``size``; unchanged at that size."""
+    return rgb if rgb.shape[:2] == size else cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA)
 
 
 class _Bands:
@@ -269,6 +284,9 @@ class CocoAnnotations:
     file = COCO_FILE
     stage = "export_coco"
     replays = True
+
+    def pixels(self, frame: Frame) -> Frame:
+        return frame.without_pixels()
 
     def __init__(self, output: Path, file_name: Callable[[int], str], labels: Mapping[int, str]) -> None:
         self.path = output / self.file

@@ -77,6 +77,10 @@ class Frame:
         """The bytes of its pixels (what a queue of frames counts)."""
         return self.rgb.nbytes
 
+    def without_pixels(self) -> Frame:
+        """This frame's index and stem with no pixels (``[0, 0, 3] uint8``), for queues whose readers need no pixels."""
+        return Frame(self.index, self.stem, np.empty((0, 0, 3), np.uint8))
+
 
 @dataclass(frozen=True)
 class FrameSource:
@@ -276,7 +280,7 @@ def _read_image(file: Path, *, error: type[DinotrackError] = DinotrackError) -> 
             f"Cannot read the image {file}: it is damaged or not a .jpg/.png image. "
             "Replace or remove it, then run again."
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second frame-sized buffer
 
 
 def _open_video(path: Path, fps: float | None) -> FrameSource:
@@ -363,9 +367,12 @@ def _decodable_frames(path: Path) -> int | None:
 
 
 def _read_capture(capture: cv2.VideoCapture) -> np.ndarray | None:
-    """The next frame as ``[H, W, 3] uint8`` RGB, or ``None`` at the end of the stream."""
+    """The next frame as ``[H, W, 3] uint8`` RGB, or ``None`` at the end of the stream.
+
+    The channels are swapped in place: no second frame-sized buffer (25 MB at 4K).
+    """
     ok, bgr = capture.read()
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr) if ok else None
 
 
 _DONE = object()

@@ -102,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", type=comma_list(str), default=list(PARTS), help=f"parts or stages, comma-separated: {','.join(choices)}")
     parser.add_argument("--short-sides", type=comma_list(int), default=[480, 960], help="short sides S, e.g. 480,960")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="the preset of every table")
+    parser.add_argument("--no-overlay", action="store_true", help="end to end: run dinotrack track with --no-overlay")
     parser.add_argument("--frames", type=int, default=100, help="frames of the clip that is decoded and tracked end to end")
     parser.add_argument("--samples", type=int, default=5, help="timed propagation frames after the queue is full")
     parser.add_argument("--repeats", type=int, default=1, help="end-to-end and keyframe runs, alternated; the best of each counts")

@@ -125,3 +125,52 @@ def test_a_shrunk_side_by_side_scores_at_full_size(gt_folder: Path):
     small = [cv2.resize(ids, (200, 24), interpolation=cv2.INTER_NEAREST) for ids in (label_map(60), label_map(50))]
     small_rgb = cv2.resize(frame(0).rgb, (200, 24), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(picture[:24], side_by_side(small_rgb, *small))
+
+
+class _Recorder:
+    """A sink that keeps the pixel shapes it was given."""
+
+    file, stage, replays = "recorded", "record", True
+
+    def __init__(self, reads_pixels: bool) -> None:
+        self.reads_pixels = reads_pixels
+        self.shapes: list[tuple[int, ...]] = []
+
+    def pixels(self, frame: Frame) -> Frame:
+        return frame if self.reads_pixels else frame.without_pixels()
+
+    def write(self, frame: Frame, prediction: Prediction) -> None:
+        self.shapes.append(frame.rgb.shape)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("reads_pixels", [False, True])
+def test_frames_wait_for_each_sink_with_only_the_pixels_it_reads(reads_pixels: bool) -> None:
+    """Masks and COCO need only the label map: at 4K a waiting frame would hold 25 MB for nothing."""
+    from dinotrack.pipeline import _SinkWriter, _Stopwatch
+
+    recorder, ids = _Recorder(reads_pixels), np.zeros((6, 8), np.uint8)
+    writer = _SinkWriter([recorder], _Stopwatch())
+    for index in range(3):
+        writer.submit(Frame(index, f"{index:05d}", np.zeros((6, 8, 3), np.uint8)), Prediction(ids, {}))
+    writer.close()
+    assert recorder.shapes == [(6, 8, 3) if reads_pixels else (0, 0, 3)] * 3
+
+
+def test_overlay_sink_queues_the_frame_at_the_picture_size_and_paints_the_same(tmp_path: Path) -> None:
+    """A 4K frame waits for the overlay as its 1920-wide picture; the picture is what the full frame gives."""
+    from dinotrack.sinks import OverlayVideo
+
+    rng = np.random.default_rng(0)
+    frame = Frame(0, "00000", rng.integers(0, 256, (90, 160, 3), dtype=np.uint8))
+    ids = np.zeros((90, 160), np.uint8)
+    ids[20:70, 30:100] = 1
+    prediction = Prediction(ids, {1: 0.5})
+    painter = PlainPainter((90, 160), 1, [1], max_side=64)
+    sink = OverlayVideo(tmp_path, 10.0, painter)
+    queued = sink.pixels(frame)
+    sink.close()
+    assert queued.rgb.shape == (*painter.picture, 3) == (36, 64, 3)
+    assert np.array_equal(painter.paint(queued, prediction), painter.paint(frame, prediction))

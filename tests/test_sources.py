@@ -178,6 +178,28 @@ def test_video_frames_match_what_was_written(tmp_path: Path) -> None:
         assert np.abs(frame.rgb.astype(int) - solid(20 * value, (32, 48))).mean() < 6  # lossy codec
 
 
+def test_phone_video_turned_by_its_display_matrix_comes_upright(tmp_path: Path) -> None:
+    """Phones store portrait video as landscape pixels plus a rotation: frames come as the viewer sees them."""
+    av = pytest.importorskip("av")
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display rotation (PyAV 18 can)")
+    path = tmp_path / "phone.mp4"
+    stored = np.zeros((64, 96, 3), np.uint8)
+    stored[:16, :24] = 255  # a white block at the top left of the stored pixels
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_rotation(90)  # counter-clockwise: the block shows at the bottom left
+        for _ in range(3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        container.mux(stream.encode())
+    source = open_source(path)
+    frames = list(source)
+    assert source.size == (96, 64) and len(frames) == 3
+    bright = np.argwhere(frames[0].rgb[..., 0] > 128)
+    assert bright[:, 0].min() >= 96 - 24 - 2 and bright[:, 1].max() < 16 + 2
+
+
 def test_video_frames_from_start_index(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, 7)
