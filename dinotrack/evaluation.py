@@ -291,13 +291,22 @@ def _evaluate_sequence(
             "are excluded. Evaluate every frame (all_frames=True, --all-frames) to score it."
         )
     _require_frames(pred_dir, scored, name)
-    gt_ids = _read_stack(gt_dir, scored, ground_truth=True)
-    pred_ids = _read_stack(pred_dir, scored, ground_truth=False)
-    _require_same_sizes(pred_dir, gt_dir, scored, pred_ids, gt_ids)
-    if binarize:
-        pred_ids = (pred_ids > 0).view(np.uint8)
-    warnings += _sequence_warnings(name, objects, pred_ids)
-    return [_score_object(name, object_id, scored, pred_ids == object_id, gt_ids == object_id) for object_id in objects]
+    per_frame: list[dict[int, tuple[float, float]]] = []
+    stray: set[int] = set()
+    first: tuple[np.ndarray, np.ndarray] | None = None
+    for frame in scored:  # one frame at a time: a long 4K sequence never sits in memory
+        gt_ids, pred_ids = read_ids(gt_dir / f"{frame}.png", ground_truth=True), read_ids(pred_dir / f"{frame}.png", ground_truth=False)
+        if first is None:
+            _require_same_sizes(pred_dir, gt_dir, scored, pred_ids, gt_ids)
+            first = (gt_ids, pred_ids)
+        _require_one_size(gt_dir, scored[0], first[0], frame, gt_ids)
+        _require_one_size(pred_dir, scored[0], first[1], frame, pred_ids)
+        if binarize:
+            pred_ids = (pred_ids > 0).view(np.uint8)
+        stray.update(_stray_ids(pred_ids, objects))
+        per_frame.append(score_frame(pred_ids, gt_ids, objects))
+    warnings += _sequence_warnings(name, objects, sorted(stray))
+    return [_object_result(name, object_id, scored, per_frame) for object_id in objects]
 
 
 def check_ground_truth(gt_dir: Path, source: FrameSource, *, keyframes: Collection[str] = ()) -> list[str]:
@@ -365,8 +374,9 @@ def _require_paired_names(gt_dir: Path, names: list[str], source: FrameSource) -
         )
 
 
-def _score_object(sequence: str, object_id: int, frames: list[str], pred: np.ndarray, gt: np.ndarray) -> ObjectResult:
-    j, f = metrics.jaccard(pred, gt), metrics.boundary_f(pred, gt)
+def _object_result(sequence: str, object_id: int, frames: list[str], per_frame: list[dict[int, tuple[float, float]]]) -> ObjectResult:
+    """One object's result from each frame's :func:`score_frame`."""
+    j, f = (np.array([scores[object_id][which] for scores in per_frame], dtype=np.float64) for which in (0, 1))
     return ObjectResult(sequence, object_id, tuple(frames), j, f, Scores.of_frames(j, f))
 
 
@@ -379,7 +389,13 @@ def score_frame(pred: np.ndarray, gt: np.ndarray, objects: Sequence[int]) -> dic
     return scores
 
 
-def _sequence_warnings(name: str, objects: list[int], pred_ids: np.ndarray) -> list[str]:
+def _stray_ids(pred_ids: np.ndarray, objects: list[int]) -> list[int]:
+    """The ids of ``[H, W] uint8`` predictions that are neither the background nor one of ``objects``."""
+    present = np.flatnonzero(np.bincount(pred_ids.ravel(), minlength=256))
+    return [int(value) for value in present if value != 0 and value not in objects]
+
+
+def _sequence_warnings(name: str, objects: list[int], stray: list[int]) -> list[str]:
     warnings = []
     if not objects:
         warnings.append(f"Sequence {name}: its first ground-truth frame has no object, so it was not scored.")
@@ -388,13 +404,9 @@ def _sequence_warnings(name: str, objects: list[int], pred_ids: np.ndarray) -> l
             f"Sequence {name}: object ids {_listed(objects)} are not 1..{objects[-1]}; only these were scored "
             "(the DAVIS toolkit would also score each missing id as an empty object)."
         )
-    known = pred_ids == 0
-    for object_id in objects:
-        known |= pred_ids == object_id
-    stray = np.unique(pred_ids[~known])
-    if stray.size:
+    if stray:
         warnings.append(
-            f"Sequence {name}: the predictions hold id(s) {_listed(stray.tolist())}, which are not objects of "
+            f"Sequence {name}: the predictions hold id(s) {_listed(stray)}, which are not objects of "
             f"the ground truth (objects: {_listed(objects) or 'none'}); those pixels were ignored."
         )
     return warnings
@@ -466,16 +478,13 @@ def _require_same_sizes(
         )
 
 
-def _read_stack(folder: Path, frames: list[str], *, ground_truth: bool) -> np.ndarray:
-    """Ids of the named frames, ``[T, H, W] uint8``; every frame must have the first one's size."""
-    stack = [read_ids(folder / f"{name}.png", ground_truth=ground_truth) for name in frames]
-    for name, ids in zip(frames, stack):
-        if ids.shape != stack[0].shape:
-            raise UsageError(
-                f"Mask {folder / (name + '.png')} is {_size(ids)} but {folder / (frames[0] + '.png')} is "
-                f"{_size(stack[0])}. All masks of a sequence must have one size."
-            )
-    return np.stack(stack)
+def _require_one_size(folder: Path, first: str, first_ids: np.ndarray, name: str, ids: np.ndarray) -> None:
+    """Every mask of a sequence has the size of its first one."""
+    if ids.shape != first_ids.shape:
+        raise UsageError(
+            f"Mask {folder / (name + '.png')} is {_size(ids)} but {folder / (first + '.png')} is "
+            f"{_size(first_ids)}. All masks of a sequence must have one size."
+        )
 
 
 def read_ids(path: Path, *, ground_truth: bool) -> np.ndarray:

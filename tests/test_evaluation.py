@@ -156,6 +156,38 @@ def test_size_mismatch_names_frame_and_sizes(dataset: tuple[Path, Path]) -> None
         evaluate(pred_root, gt)
 
 
+def test_a_mask_of_another_size_inside_a_sequence_is_named(dataset: tuple[Path, Path]) -> None:
+    pred_root, gt = dataset
+    write_label_map(pred_root / "cars" / "00003.png", np.zeros((24, 30), np.uint8))
+    with pytest.raises(UsageError, match=r"00003\.png is 30x24 but .*00001\.png is 32x24\. All masks of a sequence"):
+        evaluate(pred_root, gt)
+
+
+def test_scoring_holds_a_few_frames_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long 4K sequence would not fit in memory as a stack: frames are read, scored and dropped one by one."""
+    import weakref
+
+    from dinotrack import evaluation
+
+    masks = [two_objects(t % 10) for t in range(30)]
+    gt = write_sequence(tmp_path / "gt" / "cars", masks)
+    pred = write_sequence(tmp_path / "pred" / "cars", masks)
+    alive, most = set(), [0]
+    read = evaluation.read_ids
+
+    def counted(path: Path, *, ground_truth: bool) -> np.ndarray:
+        ids = read(path, ground_truth=ground_truth)
+        alive.add(id(ids))
+        weakref.finalize(ids, alive.discard, id(ids))
+        most[0] = max(most[0], len(alive))
+        return ids
+
+    monkeypatch.setattr(evaluation, "read_ids", counted)
+    report = evaluate(pred.parent, gt.parent)
+    assert report.objects[0].j.tolist() == [1.0] * 28
+    assert most[0] <= 6  # the first frame's pair (its sizes), the pair being scored, the one before it
+
+
 def test_empty_prediction_folder_is_refused(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="holds no PNG masks"):
