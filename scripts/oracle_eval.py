@@ -152,9 +152,10 @@ def write_oracle_cache(folder: Path, gt_dir: Path, setting: Setting, *, dim: int
     grid = patch_grid(frame_size, setting.short_side, PATCH_SIZE)
     generator = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True)
-    walk = torch.zeros(*grid, dim)
+    walk = torch.zeros(*grid, dim) if setting.drift else None  # no draws without drift: the noise stays as it was
     for file, ids in zip(files, maps):
-        walk += setting.drift / dim**0.5 * torch.randn(walk.shape, generator=generator)
+        if walk is not None:
+            walk += setting.drift / dim**0.5 * torch.randn(walk.shape, generator=generator)
         features = oracle_features(ids, labels, grid, dim=dim, noise=setting.noise, generator=generator, walk=walk)
         np.save(folder / f"{file.stem}.npy", features)
     meta = {"model": "oracle", "patch_size": PATCH_SIZE, "short_side": setting.short_side, "grid": list(grid),
