@@ -17,12 +17,17 @@ the masks' bounding box only, which gives the same numbers much faster.
 
 from __future__ import annotations
 
+import functools
+
 import warnings
 
 import cv2
 import numpy as np
 
 BOUNDARY_TOLERANCE = 0.008
+DISTANCE_RADIUS = 20
+"""Tolerance from which boundary matching uses a distance transform instead of a dilation (measured, one
+frame pair: 854x480, r=8: dilation 3.2 ms, transform 9.1; 1920x1080, r=18: 21 and 22; 3840x2160, r=36: 317 and 139)."""
 DECAY_BINS = 4
 RECALL_THRESHOLD = 0.5
 
@@ -40,8 +45,8 @@ def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) ->
 def boundary_f(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> np.ndarray:
     """Boundary F-measure per frame: ``[T, H, W] bool`` masks in, ``[T] float64`` out."""
     pred, gt = _without_void(pred, gt, void)
-    kernel = disk(boundary_radius(*pred.shape[1:]))
-    return np.array([_frame_boundary_f(p, g, kernel) for p, g in zip(pred, gt)], dtype=np.float64)
+    radius = boundary_radius(*pred.shape[1:])
+    return np.array([_frame_boundary_f(p, g, radius) for p, g in zip(pred, gt)], dtype=np.float64)
 
 
 def statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
@@ -68,10 +73,13 @@ def boundary_radius(height: int, width: int) -> int:
     return int(np.ceil(BOUNDARY_TOLERANCE * np.linalg.norm((height, width))))
 
 
+@functools.lru_cache(maxsize=8)
 def disk(radius: int) -> np.ndarray:
     """Disk structuring element, ``[2r+1, 2r+1] uint8``: offsets with ``dy² + dx² <= r²``."""
     offsets = np.arange(-radius, radius + 1)
-    return (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).astype(np.uint8)
+    kernel = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).astype(np.uint8)
+    kernel.setflags(write=False)  # cached: shared by every caller
+    return kernel
 
 
 def boundary_map(mask: np.ndarray) -> np.ndarray:
@@ -110,7 +118,7 @@ def _overlap_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.array(counts, dtype=np.int64).reshape(len(pred), 2)
 
 
-def _frame_boundary_f(pred: np.ndarray, gt: np.ndarray, kernel: np.ndarray) -> float:
+def _frame_boundary_f(pred: np.ndarray, gt: np.ndarray, radius: int) -> float:
     window = _occupied_window(pred, gt)
     if window is None:
         return 1.0
@@ -118,16 +126,26 @@ def _frame_boundary_f(pred: np.ndarray, gt: np.ndarray, kernel: np.ndarray) -> f
     n_pred, n_gt = np.count_nonzero(pred_boundary), np.count_nonzero(gt_boundary)
     if n_pred == 0 or n_gt == 0:
         return 1.0 if n_pred == n_gt else 0.0
-    precision = _matched(pred_boundary, gt_boundary, kernel) / n_pred
-    recall = _matched(gt_boundary, pred_boundary, kernel) / n_gt
+    precision = _matched(pred_boundary, gt_boundary, radius) / n_pred
+    recall = _matched(gt_boundary, pred_boundary, radius) / n_gt
     if precision + recall == 0:
         return 0.0
     return 2 * precision * recall / (precision + recall)
 
 
-def _matched(boundary: np.ndarray, other: np.ndarray, kernel: np.ndarray) -> int:
-    """How many pixels of ``boundary`` lie within the kernel's reach of ``other``."""
-    reach = cv2.dilate(other.view(np.uint8), kernel)
+def _matched(boundary: np.ndarray, other: np.ndarray, radius: int) -> int:
+    """How many pixels of ``boundary`` lie within :func:`disk` ``radius`` of a pixel of ``other`` (both ``[H, W] bool``).
+
+    The toolkit dilates ``other`` by the disk. From :data:`DISTANCE_RADIUS` on,
+    the exact Euclidean distance transform (Felzenszwalb and Huttenlocher,
+    O(pixels) whatever the radius) gives the same pixels faster: a distance is
+    the square root of an integer ``dy² + dx²``, at most ``radius`` exactly
+    when the offset lies in the disk.
+    """
+    if radius >= DISTANCE_RADIUS:
+        distance = cv2.distanceTransform((~other).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        return int(np.count_nonzero(distance[boundary] <= radius))
+    reach = cv2.dilate(other.view(np.uint8), disk(radius))
     return int(np.count_nonzero(reach[boundary]))
 
 

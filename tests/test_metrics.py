@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.morphology import disk as skimage_disk
 
+from dinotrack import metrics
 from dinotrack.metrics import boundary_f, boundary_map, boundary_radius, disk, jaccard, statistics
 
 
@@ -190,4 +191,24 @@ def test_scores_properties(case: tuple[int, int, int]) -> None:
 @given(st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 300), st.integers(1, 300)))
 def test_boundary_f_equals_the_toolkit_bit_for_bit(case: tuple[int, int, int]) -> None:
     pred, gt = random_masks(*case)
+    assert boundary_f(frames(pred), frames(gt))[0] == toolkit_f(pred, gt)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 300), st.integers(1, 300)))
+def test_boundary_f_by_distance_transform_equals_the_toolkit_bit_for_bit(case: tuple[int, int, int]) -> None:
+    """The distance transform that large frames use matches the toolkit's dilation at every radius."""
+    pred, gt = random_masks(*case)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "DISTANCE_RADIUS", 0)
+        assert boundary_f(frames(pred), frames(gt))[0] == toolkit_f(pred, gt)
+
+
+def test_boundary_f_of_a_large_frame_equals_the_toolkit() -> None:
+    """2000x1500 (tolerance 20 px, past DISTANCE_RADIUS): ragged shapes a few pixels apart."""
+    rng = np.random.default_rng(3)
+    coarse = rng.random((15, 20)) > 0.5
+    gt = cv2.resize(coarse.astype(np.uint8), (2000, 1500), interpolation=cv2.INTER_NEAREST).astype(bool)
+    pred = np.roll(gt, (7, -12), axis=(0, 1)) ^ (cv2.resize(rng.random((150, 200)).astype(np.float32), (2000, 1500)) > 0.93)
+    assert metrics.boundary_radius(1500, 2000) >= metrics.DISTANCE_RADIUS
     assert boundary_f(frames(pred), frames(gt))[0] == toolkit_f(pred, gt)
