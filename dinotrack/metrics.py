@@ -12,7 +12,8 @@ through T frames, and returns one score per frame, ``[T] float64``:
 
 ``void`` (optional, ``[T, H, W] bool``) marks pixels that count for neither mask.
 Results agree with the toolkit to the last bit; the boundary work is done on
-the masks' bounding box only, which gives the same numbers much faster.
+the masks' bounding box only, and large tolerances use a distance transform
+instead of the dilation (:func:`_matched`), which give the same numbers much faster.
 """
 
 from __future__ import annotations
