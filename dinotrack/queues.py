@@ -70,6 +70,11 @@ class ByteQueue(Generic[T]):
             self.nbytes += size
             self._changed.notify_all()
 
+    def wait_for_room(self, size: int) -> None:
+        """Wait until an item of ``size`` bytes would be admitted (or the queue is cleared)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.budget.admits(len(self._items) + 1, self.nbytes + size))
+
     def get(self) -> T:
         """Remove and return the oldest item, waiting for one."""
         with self._changed:

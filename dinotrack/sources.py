@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from dinotrack.inputs import image_size, is_utf8, path_problem, printable, too_many_pixels
-from dinotrack.queues import QUEUE_BYTES, Budget, ByteQueue
+from dinotrack.queues import QUEUE_BYTES, Budget, ByteQueue, nbytes_of
 from dinotrack.structs import DinotrackError, UsageError
 
 log = logging.getLogger(__name__)
@@ -421,11 +421,20 @@ def _prefetched(iterator: Iterator, budget: Budget) -> Iterator:
 
 
 def _produce(iterator: Iterator, items: ByteQueue, stop: threading.Event) -> None:
-    """Put every item, then ``_DONE`` (or a ``_Failure``); return early once ``stop`` is set."""
+    """Put every item, then ``_DONE`` (or a ``_Failure``); return early once ``stop`` is set.
+
+    The next item is made only once one of the last one's size would fit, so
+    none waits in the producer's hands: at 4K one frame is ahead, not two.
+    """
+    size = 0
     try:
         while not stop.is_set():
+            items.wait_for_room(size)
+            if stop.is_set():
+                return
             item = next(iterator, _DONE)
             items.put(item)
+            size = nbytes_of(item)
             if item is _DONE:
                 return
     except BaseException as error:  # handed to the consumer, who raises it

@@ -98,8 +98,8 @@ def test_prefetch_keeps_fewer_large_frames_waiting_than_small_ones() -> None:
         threading.Event().wait(0.3)  # let the producer fill the queue (the bound holds whatever the timing)
         waiting[shape] = len(produced) - 1
         assert [frame.index for frame in items] == list(range(1, 20))
-    assert waiting[(48, 64)] <= 4 + 1
-    assert waiting[(480, 640)] <= 3 + 1
+    assert waiting[(48, 64)] <= 4  # the queue full; the producer makes no frame it cannot put
+    assert waiting[(480, 640)] <= 3
 
 
 def test_large_blocks_go_back_to_the_system_unless_the_user_set_glibc_s_threshold(monkeypatch) -> None:
