@@ -75,11 +75,11 @@ class PngMasks:
     stage = "write_masks"
     replays = False
 
-    def pixels(self, frame: Frame) -> Frame:
-        return frame.without_pixels()
-
     def __init__(self, output: Path) -> None:
         self.folder = output / self.file
+
+    def pixels(self, frame: Frame) -> Frame:
+        return frame.without_pixels()
 
     def path(self, stem: str) -> Path:
         return self.folder / f"{stem}.png"
@@ -285,13 +285,13 @@ class CocoAnnotations:
     stage = "export_coco"
     replays = True
 
-    def pixels(self, frame: Frame) -> Frame:
-        return frame.without_pixels()
-
     def __init__(self, output: Path, file_name: Callable[[int], str], labels: Mapping[int, str]) -> None:
         self.path = output / self.file
         self.file_name = file_name
         self.writer = CocoWriter(labels)
+
+    def pixels(self, frame: Frame) -> Frame:
+        return frame.without_pixels()
 
     def write(self, frame: Frame, prediction: Prediction) -> None:
         self.writer.add(self.file_name(frame.index), prediction.ids)
