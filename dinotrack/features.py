@@ -74,6 +74,10 @@ def preprocess(
     return (images - mean_t) / std_t
 
 
+RESIZE_BAND_ROWS = 256
+"""Rows of a full-resolution colour plane turned to float32 at once when shrinking (4 MB at 3840 wide)."""
+
+
 def _resized(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[B, H, W, 3] uint8`` frames resized to ``size``: ``[B, 3, *size]`` float32, channels last.
 
@@ -91,10 +95,6 @@ def _resized(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.cat([resize(rgb[..., channel], size) for channel in range(rgb.shape[3])], 1).contiguous(
         memory_format=torch.channels_last
     )
-
-
-RESIZE_BAND_ROWS = 256
-"""Rows of a full-resolution colour plane turned to float32 at once when shrinking (4 MB at 3840 wide)."""
 
 
 def _resized_whole(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
