@@ -276,15 +276,15 @@ class FeatureCache:
             yield frame, self.load(frame.stem, device)
 
 
+FINGERPRINT_BYTES = 1 << 20
+
+
 def source_identity(source: FrameSource) -> dict[str, str]:
     """What a cache records of the frames it is made from (``names_sha256`` is added as it is written)."""
     first = source.path if source.kind == "video" else source.files[0]
     with first.open("rb") as stream:
         fingerprint = hashlib.sha256(stream.read(FINGERPRINT_BYTES)).hexdigest()
     return {"path": str(source.path.resolve()), "kind": source.kind, "fingerprint": fingerprint}
-
-
-FINGERPRINT_BYTES = 1 << 20
 
 
 def names_sha256(names: Iterable[str]) -> str:

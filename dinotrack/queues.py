@@ -65,7 +65,7 @@ class ByteQueue(Generic[T]):
         """Append ``item``, first waiting until the items before it leave room for it."""
         size = self.size_of(item)
         with self._changed:
-            self._changed.wait_for(lambda: self.budget.admits(len(self._items) + 1, self.nbytes + size))
+            self._changed.wait_for(lambda: self._room_for(size))
             self._items.append((item, size))
             self.nbytes += size
             self._changed.notify_all()
@@ -73,7 +73,10 @@ class ByteQueue(Generic[T]):
     def wait_for_room(self, size: int) -> None:
         """Wait until an item of ``size`` bytes would be admitted (or the queue is cleared)."""
         with self._changed:
-            self._changed.wait_for(lambda: self.budget.admits(len(self._items) + 1, self.nbytes + size))
+            self._changed.wait_for(lambda: self._room_for(size))
+
+    def _room_for(self, size: int) -> bool:
+        return self.budget.admits(len(self._items) + 1, self.nbytes + size)
 
     def get(self) -> T:
         """Remove and return the oldest item, waiting for one."""
